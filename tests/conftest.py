@@ -1,0 +1,19 @@
+"""Shared fixtures. The corpora live outside the repo: $MINLM_TEST_DATA, default ../shared/data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR = Path(os.environ.get("MINLM_TEST_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The shared test corpora; tests that need them skip (with the reason) where they are absent."""
+    if not (DATA_DIR / "gpt2_vocab.json").is_file():
+        pytest.skip(f"test corpora not found in {DATA_DIR} (set MINLM_TEST_DATA)")
+    return DATA_DIR
