@@ -1,0 +1,151 @@
+"""Causal multi-head self-attention with rotary position embeddings (RoPE).
+
+Two implementations of the attention core sit side by side, one switch apart:
+- `attn_impl="reference"`: `scaled_dot_product_attention` below, softmax(Q K^T / sqrt(d)) V written
+  out explicitly; easy to read and to check, but it materialises the (T, T) score matrix.
+- `attn_impl="sdpa"`: torch's fused `F.scaled_dot_product_attention`, which dispatches to
+  FlashAttention / memory-efficient kernels on GPU and never stores the full score matrix.
+The tests check that both give the same outputs and gradients.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .kv_cache import LayerKVCache
+from .modules import Linear, softmax
+
+ATTN_IMPLS = ("sdpa", "reference")
+
+
+class RotaryPositionalEmbedding(nn.Module):
+    """Rotate each adjacent pair of dimensions (2i, 2i+1) of a query/key by angle pos * theta^(-2i/d_k).
+
+    The dot product of two rotated vectors then depends only on their relative position, which is
+    how attention learns about order. The cos/sin tables for every position up to `max_seq_len` are
+    computed once (in float64, stored in float32 or float64) and kept as non-persistent buffers: they
+    move with `.to(device)` but are not part of the state dict, whose keys stay those of the weights.
+    """
+
+    def __init__(self, theta: float, d_k: int, max_seq_len: int, device=None, dtype=None):
+        super().__init__()
+        if d_k % 2:
+            raise ValueError(f"RoPE needs an even head dimension, got d_k={d_k}")
+        self.theta, self.d_k, self.max_seq_len = theta, d_k, max_seq_len
+        inv_freq = theta ** (-torch.arange(0, d_k, 2, dtype=torch.float64) / d_k)  # (d_k/2,)
+        angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float64), inv_freq)  # (max_seq_len, d_k/2)
+        table_dtype = torch.promote_types(dtype or torch.float32, torch.float32)
+        self.register_buffer("cos", angles.cos().to(device=device, dtype=table_dtype), persistent=False)
+        self.register_buffer("sin", angles.sin().to(device=device, dtype=table_dtype), persistent=False)
+
+    def forward(self, x: Tensor, token_positions: Tensor) -> Tensor:
+        """x: (..., T, d_k); token_positions: (..., T) integer positions, broadcastable to x."""
+        cos = self.cos[token_positions]  # (..., T, d_k/2)
+        sin = self.sin[token_positions]
+        compute_dtype = torch.promote_types(x.dtype, cos.dtype)
+        pairs = x.to(compute_dtype).unflatten(-1, (-1, 2))  # (..., T, d_k/2, 2)
+        x_even, x_odd = pairs[..., 0], pairs[..., 1]
+        rotated = torch.stack((x_even * cos - x_odd * sin, x_even * sin + x_odd * cos), dim=-1)
+        return rotated.flatten(-2).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"theta={self.theta}, d_k={self.d_k}, max_seq_len={self.max_seq_len}"
+
+
+def scaled_dot_product_attention(Q: Tensor, K: Tensor, V: Tensor, mask: Tensor | None = None) -> Tensor:
+    """softmax(Q K^T / sqrt(d_k)) V for Q (..., T_q, d_k), K (..., T_k, d_k), V (..., T_k, d_v).
+
+    `mask` (broadcastable to (..., T_q, T_k), bool): True where query i may attend to key j;
+    the other scores become -inf before the softmax, i.e. weight exactly 0.
+    """
+    scores = Q @ K.transpose(-2, -1) / math.sqrt(Q.shape[-1])
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return softmax(scores, dim=-1) @ V
+
+
+def causal_mask(num_queries: int, num_keys: int, device=None) -> Tensor:
+    """(num_queries, num_keys) bool mask for queries that are the last `num_queries` of `num_keys` tokens.
+
+    Query i sits at position num_keys - num_queries + i and may see every key up to that position.
+    """
+    offset = num_keys - num_queries
+    return torch.ones(num_queries, num_keys, dtype=torch.bool, device=device).tril(diagonal=offset)
+
+
+class MultiHeadSelfAttention(nn.Module):
+    """Causal self-attention with `num_heads` heads of size d_model / num_heads, RoPE on Q and K.
+
+    With a `kv_cache` (one layer's `LayerKVCache`), the new keys/values are appended to it and the
+    new queries attend to everything cached plus the new tokens (causally among the new ones).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        num_heads: int,
+        max_seq_len: int | None = None,
+        theta: float | None = None,
+        device=None,
+        dtype=None,
+        *,
+        attn_impl: str = "sdpa",
+    ):
+        super().__init__()
+        if d_model % num_heads:
+            raise ValueError(f"d_model={d_model} is not divisible by num_heads={num_heads}")
+        if attn_impl not in ATTN_IMPLS:
+            raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got {attn_impl!r}")
+        self.num_heads = num_heads
+        self.head_dim = d_model // num_heads
+        self.attn_impl = attn_impl
+        self.q_proj = Linear(d_model, d_model, device=device, dtype=dtype)
+        self.k_proj = Linear(d_model, d_model, device=device, dtype=dtype)
+        self.v_proj = Linear(d_model, d_model, device=device, dtype=dtype)
+        self.output_proj = Linear(d_model, d_model, device=device, dtype=dtype)
+        if theta is not None:
+            if max_seq_len is None:
+                raise ValueError("RoPE (theta given) needs max_seq_len")
+            self.rope = RotaryPositionalEmbedding(
+                theta, self.head_dim, max_seq_len, device=device, dtype=dtype
+            )
+        else:
+            self.rope = None
+
+    def forward(
+        self, x: Tensor, token_positions: Tensor | None = None, kv_cache: LayerKVCache | None = None
+    ) -> Tensor:
+        """x: (..., T, d_model) -> (..., T, d_model)."""
+        num_new = x.shape[-2]
+        start = kv_cache.length if kv_cache is not None else 0
+        # (..., T, d_model) -> (..., heads, T, head_dim)
+        q, k, v = (
+            proj(x).unflatten(-1, (self.num_heads, self.head_dim)).transpose(-3, -2)
+            for proj in (self.q_proj, self.k_proj, self.v_proj)
+        )
+        if self.rope is not None:
+            if token_positions is None:
+                token_positions = torch.arange(start, start + num_new, device=x.device)
+            positions = token_positions.unsqueeze(-2)  # the same positions for every head
+            q, k = self.rope(q, positions), self.rope(k, positions)
+        if kv_cache is not None:
+            k, v = kv_cache.append(k, v)
+            k, v = k.to(q.dtype), v.to(q.dtype)  # the cache may be kept in another dtype (autocast)
+        out = self._attend(q, k, v)
+        return self.output_proj(out.transpose(-3, -2).flatten(-2))
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """Causal attention of the T_q queries, the last T_q of the T_k positions in k and v."""
+        num_queries, num_keys = q.shape[-2], k.shape[-2]
+        if self.attn_impl == "reference":
+            return scaled_dot_product_attention(q, k, v, causal_mask(num_queries, num_keys, device=q.device))
+        if num_queries == num_keys:  # no cache, or a prefill from empty: plain causal
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        if num_queries == 1:  # one new token sees everything before it
+            return F.scaled_dot_product_attention(q, k, v)
+        # Several new tokens after a cached prefix. (is_causal would align the mask top-left, wrongly.)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(num_queries, num_keys, q.device))

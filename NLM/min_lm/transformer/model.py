@@ -1,0 +1,176 @@
+"""The GPT-style language model: token embeddings -> pre-norm Transformer blocks -> final norm -> logits.
+
+    x = Embedding(ids)
+    for each block:  x = x + Attention(RMSNorm(x));  x = x + SwiGLU(RMSNorm(x))
+    logits = lm_head(RMSNorm(x))
+
+The model code is free of training concerns; the only options are how attention is computed
+(`attn_impl`) and whether activations are recomputed in the backward pass to save memory
+(`gradient_checkpointing`). Neither changes the weights or the state-dict keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from .attention import MultiHeadSelfAttention
+from .kv_cache import KVCache, LayerKVCache
+from .modules import Embedding, Linear, RMSNorm, SwiGLU
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild a `TransformerLM`; stored in every checkpoint as a plain dict."""
+
+    vocab_size: int
+    context_length: int
+    d_model: int
+    num_layers: int
+    num_heads: int
+    d_ff: int
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+
+
+class TransformerBlock(nn.Module):
+    """One pre-norm residual block: x + attn(ln1(x)), then + ffn(ln2(x)).
+
+    Normalising the *input* of each sub-layer (not its output) leaves a clean residual path from
+    the embeddings to the output, which is what makes deep stacks train stably.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        num_heads: int,
+        d_ff: int,
+        max_seq_len: int,
+        theta: float,
+        device=None,
+        dtype=None,
+        *,
+        norm_eps: float = 1e-5,
+        attn_impl: str = "sdpa",
+    ):
+        super().__init__()
+        self.ln1 = RMSNorm(d_model, eps=norm_eps, device=device, dtype=dtype)
+        self.attn = MultiHeadSelfAttention(
+            d_model, num_heads, max_seq_len, theta, device=device, dtype=dtype, attn_impl=attn_impl
+        )
+        self.ln2 = RMSNorm(d_model, eps=norm_eps, device=device, dtype=dtype)
+        self.ffn = SwiGLU(d_model, d_ff, device=device, dtype=dtype)
+
+    def forward(
+        self, x: Tensor, token_positions: Tensor | None = None, kv_cache: LayerKVCache | None = None
+    ) -> Tensor:
+        x = x + self.attn(self.ln1(x), token_positions, kv_cache)
+        return x + self.ffn(self.ln2(x))
+
+
+class TransformerLM(nn.Module):
+    """A decoder-only Transformer language model; `forward(ids)` returns unnormalised logits."""
+
+    def __init__(
+        self,
+        vocab_size: int,
+        context_length: int,
+        d_model: int,
+        num_layers: int,
+        num_heads: int,
+        d_ff: int,
+        rope_theta: float = 10000.0,
+        device=None,
+        dtype=None,
+        *,
+        norm_eps: float = 1e-5,
+        attn_impl: str = "sdpa",
+        gradient_checkpointing: bool = False,
+    ):
+        super().__init__()
+        self.config = ModelConfig(
+            vocab_size, context_length, d_model, num_layers, num_heads, d_ff, float(rope_theta), norm_eps
+        )
+        self.gradient_checkpointing = gradient_checkpointing
+        self.token_embeddings = Embedding(vocab_size, d_model, device=device, dtype=dtype)
+        self.layers = nn.ModuleList(
+            TransformerBlock(
+                d_model,
+                num_heads,
+                d_ff,
+                context_length,
+                rope_theta,
+                device=device,
+                dtype=dtype,
+                norm_eps=norm_eps,
+                attn_impl=attn_impl,
+            )
+            for _ in range(num_layers)
+        )
+        self.ln_final = RMSNorm(d_model, eps=norm_eps, device=device, dtype=dtype)
+        self.lm_head = Linear(d_model, vocab_size, device=device, dtype=dtype)
+
+    @classmethod
+    def from_config(cls, config: ModelConfig, device=None, dtype=None, **options) -> TransformerLM:
+        """Build a model from a `ModelConfig`; `options` are the keyword options (attn_impl, ...)."""
+        fields = dataclasses.asdict(config)
+        norm_eps = fields.pop("norm_eps")
+        return cls(**fields, device=device, dtype=dtype, norm_eps=norm_eps, **options)
+
+    def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        """Number of weights; `exclude_embeddings` leaves out the input embedding table (a lookup)."""
+        total = sum(p.numel() for p in self.parameters())
+        return total - self.token_embeddings.weight.numel() if exclude_embeddings else total
+
+    def new_kv_cache(self, batch_size: int, max_len: int | None = None, device=None, dtype=None) -> KVCache:
+        """Empty key/value buffers for `batch_size` sequences of up to `max_len` tokens.
+
+        max_len defaults to the context length; device/dtype default to those of the model's weights.
+        """
+        max_len = self.config.context_length if max_len is None else max_len
+        if max_len > self.config.context_length:
+            raise ValueError(
+                f"KV cache max_len={max_len} exceeds the context length {self.config.context_length}"
+            )
+        weight = self.lm_head.weight
+        return KVCache(
+            self.config.num_layers,
+            batch_size,
+            self.config.num_heads,
+            self.config.d_model // self.config.num_heads,
+            max_len,
+            device=device or weight.device,
+            dtype=dtype or weight.dtype,
+        )
+
+    def forward(self, in_indices: Tensor, kv_cache: KVCache | None = None) -> Tensor:
+        """in_indices: (batch, T) token ids -> logits (batch, T, vocab_size).
+
+        Without a cache the tokens sit at positions 0..T-1. With one they continue after the
+        `kv_cache.length` cached tokens, and the cache grows by T.
+        """
+        num_tokens = in_indices.shape[-1]
+        start = 0 if kv_cache is None else kv_cache.length
+        limit = self.config.context_length if kv_cache is None else kv_cache.max_len
+        if start + num_tokens > limit:
+            what = "context length" if kv_cache is None else "KV cache length"
+            raise ValueError(f"{start + num_tokens} positions exceed the {what} of {limit}")
+        positions = torch.arange(start, start + num_tokens, device=in_indices.device)
+        x = self.token_embeddings(in_indices)
+        for i, layer in enumerate(self.layers):
+            layer_cache = None if kv_cache is None else kv_cache.layers[i]
+            if (
+                self.gradient_checkpointing
+                and self.training
+                and layer_cache is None
+                and torch.is_grad_enabled()
+            ):
+                # Keep only the block's input; recompute its activations during backward.
+                x = checkpoint(layer, x, positions, use_reentrant=False)
+            else:
+                x = layer(x, positions, layer_cache)
+        return self.lm_head(self.ln_final(x))

@@ -1,0 +1,93 @@
+"""AdamW: Adam with decoupled weight decay, and the usual split into decay / no-decay groups.
+
+For every parameter p with gradient g, step t (from 1), learning rate lr:
+
+    m = b1 m + (1 - b1) g                 first moment (running mean of g)
+    v = b2 v + (1 - b2) g^2               second moment (running mean of g^2)
+    p = p - lr * wd * p                   weight decay, applied to p directly ("decoupled")
+    p = p - lr / (1 - b1^t) * m / (sqrt(v / (1 - b2^t)) + eps)
+
+The (1 - b^t) factors undo the bias of m and v towards their zero initialisation in early steps.
+Decoupling the decay from the gradient means it shrinks every weight by the same factor,
+rather than being rescaled per weight by Adam's 1/sqrt(v) as L2 regularisation would be.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import nn
+
+from .modules import Embedding, RMSNorm
+
+
+class AdamW(torch.optim.Optimizer):
+    """AdamW with bias correction; `params` may be an iterable of tensors or of parameter-group dicts."""
+
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.01,
+    ):
+        if lr < 0 or eps < 0 or weight_decay < 0:
+            raise ValueError(f"AdamW needs lr, eps, weight_decay >= 0, got {lr}, {eps}, {weight_decay}")
+        if not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"AdamW betas must lie in [0, 1), got {betas}")
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, (beta1, beta2), eps, weight_decay = (
+                group["lr"],
+                group["betas"],
+                group["eps"],
+                group["weight_decay"],
+            )
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["step"] += 1
+                t, m, v, g = state["step"], state["exp_avg"], state["exp_avg_sq"], p.grad
+                m.lerp_(g, 1 - beta1)  # m = b1 m + (1 - b1) g
+                v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                p.mul_(1 - lr * weight_decay)
+                denom = (v.sqrt() / math.sqrt(1 - beta2**t)).add_(eps)
+                p.addcdiv_(m, denom, value=-lr / (1 - beta1**t))
+        return loss
+
+
+def param_groups(
+    model: nn.Module, weight_decay: float, decay_embeddings_and_norms: bool = False
+) -> list[dict]:
+    """Split `model`'s parameters into a decayed group and a group with weight_decay 0.
+
+    By default the matrices of linear maps are decayed and the embedding table and the norm
+    gains are not: a norm gain of 1 and an embedding row are not "complexity" to be shrunk (a
+    rarely seen token's row would just fade towards zero). Pass the result to `AdamW`.
+    """
+    no_decay_ids: set[int] = set()
+    if not decay_embeddings_and_norms:
+        for module in model.modules():
+            if isinstance(module, (Embedding, RMSNorm)):
+                no_decay_ids.update(id(p) for p in module.parameters(recurse=False))
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if id(p) not in no_decay_ids], "weight_decay": weight_decay},
+        {"params": [p for p in params if id(p) in no_decay_ids], "weight_decay": 0.0},
+    ]
+    return [group for group in groups if group["params"]]

@@ -1,0 +1,114 @@
+"""Training utilities: the loss, the learning-rate schedule, gradient clipping and batch sampling.
+
+Checkpointing lives in `checkpoint.py`; its functions are re-exported here so that
+`from NLM.min_lm.transformer.utils import save_checkpoint` keeps working.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .checkpoint import load_checkpoint, load_model, save_checkpoint
+
+__all__ = [
+    "cross_entropy",
+    "get_lr_cosine_schedule",
+    "gradient_clipping",
+    "get_batch",
+    "save_checkpoint",
+    "load_checkpoint",
+    "load_model",
+]
+
+
+def cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
+    """Mean of -log softmax(logits)[target] over all leading dimensions.
+
+    logits: (..., vocab); targets: (...) integer class ids. Computed as logsumexp(x) - x[target]
+    with the row maximum subtracted first, so logits of 1e4 do not overflow exp; low-precision
+    logits are upcast to float32 so the sum over a large vocabulary keeps its precision.
+    """
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    row_max = logits.amax(dim=-1, keepdim=True)
+    log_sum_exp = (logits - row_max).exp().sum(dim=-1).log() + row_max.squeeze(-1)
+    target_logit = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return (log_sum_exp - target_logit).mean()
+
+
+def get_lr_cosine_schedule(
+    it: int, max_learning_rate: float, min_learning_rate: float, warmup_iters: int, cosine_cycle_iters: int
+) -> float:
+    """Linear warmup to max, cosine decay to min at `cosine_cycle_iters`, then constant min.
+
+    it < warmup:                 max * it / warmup
+    warmup <= it <= cycle:       min + (1 + cos(pi * (it - warmup) / (cycle - warmup))) / 2 * (max - min)
+    it > cycle:                  min
+    """
+    if it < warmup_iters:
+        return max_learning_rate * it / warmup_iters
+    if it > cosine_cycle_iters or cosine_cycle_iters == warmup_iters:
+        return min_learning_rate
+    progress = (it - warmup_iters) / (cosine_cycle_iters - warmup_iters)
+    return min_learning_rate + 0.5 * (1 + math.cos(math.pi * progress)) * (
+        max_learning_rate - min_learning_rate
+    )
+
+
+@torch.no_grad()
+def gradient_clipping(
+    parameters: Iterable[torch.nn.Parameter], max_l2_norm: float, eps: float = 1e-6
+) -> Tensor:
+    """Scale all gradients in place so that their global L2 norm is at most `max_l2_norm`.
+
+    The norm is taken over all gradients together (as if concatenated into one vector); if it
+    exceeds the limit every gradient is multiplied by max_l2_norm / (norm + eps). Returns the norm
+    before clipping (a 0-dim tensor: reading it forces no GPU synchronisation unless you print it).
+    """
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return torch.tensor(0.0)
+    norm = torch.linalg.vector_norm(
+        torch.stack([torch.linalg.vector_norm(g, dtype=torch.float32) for g in grads])
+    )
+    # min(1, ...) instead of an `if`: no host-device synchronisation on the norm's value.
+    scale = (max_l2_norm / (norm + eps)).clamp(max=1.0)
+    for g in grads:
+        g.mul_(scale.to(g.dtype))
+    return norm
+
+
+def get_batch(
+    dataset: np.ndarray,
+    batch_size: int,
+    context_length: int,
+    device: str | torch.device,
+    generator: np.random.Generator | torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Sample `batch_size` random windows of `context_length + 1` tokens: inputs and next-token targets.
+
+    Works on a `np.memmap` without reading the whole file: only the sampled windows are touched.
+    `generator` (a numpy Generator or a torch Generator; default torch's global RNG) makes the
+    sampling reproducible, e.g. one seeded generator per data-parallel rank. On CUDA the batch is
+    copied from pinned memory asynchronously, overlapping the copy with the previous step's compute.
+    Returns two LongTensors (batch_size, context_length) on `device`; y[:, i] is the token after x[:, i].
+    """
+    num_starts = len(dataset) - context_length
+    if num_starts < 1:
+        raise ValueError(f"dataset of {len(dataset)} tokens is too short for context_length={context_length}")
+    if isinstance(generator, np.random.Generator):
+        starts = generator.integers(0, num_starts, size=batch_size)
+    else:
+        starts = torch.randint(0, num_starts, (batch_size,), generator=generator).numpy()
+    windows = dataset[starts[:, None] + np.arange(context_length + 1)]  # (batch, context_length + 1)
+    tokens = torch.from_numpy(windows.astype(np.int64))
+    x, y = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
+    device = torch.device(device)
+    if device.type == "cuda":
+        x, y = x.pin_memory(), y.pin_memory()
+        return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    return x.to(device), y.to(device)
