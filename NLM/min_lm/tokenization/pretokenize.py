@@ -6,13 +6,24 @@ Two rules, applied in this order:
 2. Each stretch between special tokens is split by GPT-2's regex: contractions, optional-space +
    letters, optional-space + digits, optional-space + other symbols, and whitespace runs (a run
    before a non-space keeps its last space for the next word, hence `\\s+(?!\\S)`).
+
+For training on large files the second half of this module counts pre-tokens in parallel: the file
+is cut into byte ranges at places where cutting cannot change the pre-tokenization, and each worker
+process reads and counts its own range, so memory holds one range per worker plus the counts.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import multiprocessing
+import os
+import re
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from itertools import pairwise
+from pathlib import Path
 
 import regex
+from tqdm.auto import tqdm
 
 GPT2_SPLIT_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 GPT2_REGEX = regex.compile(GPT2_SPLIT_PATTERN)
@@ -34,3 +45,124 @@ def split_on_special_tokens(text: str, special_tokens: Iterable[str]) -> list[st
     """Split `text` into alternating [text, special, text, special, ..., text] pieces."""
     pattern = special_token_regex(special_tokens)
     return [text] if pattern is None else pattern.split(text)
+
+
+# ---------------------------------------------------------------------------------------------
+# Counting pre-tokens of a large file in parallel
+# ---------------------------------------------------------------------------------------------
+
+# Without special tokens a file is cut right after a newline that sits between two printable ASCII
+# characters ("x\ny"). The GPT-2 regex always makes such a lone "\n" a pre-token of its own (no
+# pattern absorbs it into a neighbour, and the whitespace lookahead only looks inside whitespace
+# runs), so text on either side is split the same way whether or not the file is cut there. Being
+# ASCII, the cut can never fall inside a multi-byte UTF-8 sequence.
+_SAFE_NEWLINE = re.compile(rb"[\x21-\x7e]\n[\x21-\x7e]")
+_SCAN_BYTES = 1 << 16
+
+
+def _next_boundary(f, start: int, file_size: int, cut: re.Pattern, offset_in_match: int, overlap: int) -> int:
+    """The first safe cut position at or after `start` (the file size when there is none).
+
+    The file is scanned in windows that overlap by `overlap` bytes (the longest match of `cut`), so
+    a match straddling two windows is still found.
+    """
+    pos = start
+    while pos < file_size:
+        f.seek(pos)
+        window = f.read(_SCAN_BYTES + overlap)
+        match = cut.search(window)
+        if match is not None:
+            return pos + match.start() + offset_in_match
+        pos += _SCAN_BYTES
+    return file_size
+
+
+def chunk_boundaries(path: str | os.PathLike, num_chunks: int, special_tokens: list[str]) -> list[int]:
+    """Byte offsets [0, ..., file_size] cutting the file into about `num_chunks` ranges.
+
+    Each inner cut sits at the start of a special token (pre-tokens never cross one), or, when there
+    are no special tokens, just after a newline between two printable ASCII characters. Either way
+    the counts of pre-tokens are the same as for the uncut file. Ranges may merge when the file has
+    few such places, so fewer than `num_chunks` ranges can come back.
+    """
+    file_size = os.path.getsize(path)
+    if special_tokens:
+        escaped = sorted((re.escape(s.encode("utf-8")) for s in set(special_tokens)), key=len, reverse=True)
+        cut, offset_in_match = re.compile(b"|".join(escaped)), 0
+        longest = max(len(s.encode("utf-8")) for s in special_tokens)
+    else:
+        cut, offset_in_match, longest = _SAFE_NEWLINE, 2, 3
+    guesses = [file_size * i // num_chunks for i in range(1, num_chunks)]
+    boundaries = [0]
+    with open(path, "rb") as f:
+        for guess in guesses:
+            start = max(guess, boundaries[-1] + 1)
+            cut_at = _next_boundary(f, start, file_size, cut, offset_in_match, longest)
+            if cut_at < file_size and cut_at > boundaries[-1]:
+                boundaries.append(cut_at)
+    boundaries.append(file_size)
+    return boundaries
+
+
+def count_pretokens(text: str, special_tokens: list[str]) -> Counter[str]:
+    """How often each pre-token occurs in `text` (special tokens cut the text and are not counted)."""
+    counts: Counter[str] = Counter()
+    for i, piece in enumerate(split_on_special_tokens(text, special_tokens)):
+        if i % 2 == 0 and piece:
+            counts.update(GPT2_REGEX.findall(piece))
+    return counts
+
+
+def _count_range(task: tuple[str, int, int, list[str]]) -> tuple[Counter[str], int]:
+    """Worker: read bytes [start, end) of the file, decode, count pre-tokens.
+
+    Returns the counts and the number of invalid UTF-8 sequences that were replaced by U+FFFD
+    (U+FFFD characters already present in the file are not counted).
+    """
+    path, start, end, special_tokens = task
+    with open(path, "rb") as f:
+        f.seek(start)
+        raw = f.read(end - start)
+    text = raw.decode("utf-8", errors="replace")
+    num_replaced = text.count("\ufffd") - raw.count("\ufffd".encode())
+    return count_pretokens(text, special_tokens), num_replaced
+
+
+def count_pretokens_in_file(
+    path: str | os.PathLike,
+    special_tokens: list[str],
+    num_workers: int = 1,
+    chunk_size: int = 4 << 20,
+    verbose: bool = False,
+) -> tuple[Counter[str], int]:
+    """Count the pre-tokens of a UTF-8 file, reading it in ranges of about `chunk_size` bytes.
+
+    With `num_workers > 1` the ranges are counted by a pool of processes and their counts summed
+    here as they arrive; `verbose` shows a progress bar over the ranges. Returns (counts, number of
+    invalid UTF-8 sequences replaced by U+FFFD).
+    """
+    path = str(Path(path))
+    file_size = os.path.getsize(path)
+    num_chunks = max(num_workers, -(-file_size // max(1, chunk_size)))
+    bounds = chunk_boundaries(path, num_chunks, special_tokens)
+    tasks = [(path, start, end, special_tokens) for start, end in pairwise(bounds)]
+    counts: Counter[str] = Counter()
+    num_replaced = 0
+    results = _map_tasks(tasks, num_workers)
+    progress = tqdm(results, total=len(tasks), desc="pre-tokenizing", unit="chunk", disable=not verbose)
+    for chunk_counts, chunk_replaced in progress:
+        if counts:
+            counts.update(chunk_counts)
+        else:
+            counts = chunk_counts
+        num_replaced += chunk_replaced
+    return counts, num_replaced
+
+
+def _map_tasks(tasks: list, num_workers: int) -> Iterator[tuple[Counter[str], int]]:
+    """Run `_count_range` over the tasks, in this process or in a pool, yielding results as they come."""
+    if num_workers <= 1 or len(tasks) <= 1:
+        yield from map(_count_range, tasks)
+        return
+    with multiprocessing.Pool(min(num_workers, len(tasks))) as pool:
+        yield from pool.imap_unordered(_count_range, tasks)

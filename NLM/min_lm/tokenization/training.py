@@ -1,0 +1,211 @@
+"""Training byte-level BPE: count pre-tokens, then merge the most frequent adjacent pair, repeatedly.
+
+The textbook algorithm recounts every pair of every word after each merge. We get the same merges
+far faster with three ideas:
+
+1. Count each distinct pre-token once. The corpus becomes a table word -> frequency (counted in
+   parallel processes, see `pretokenize.count_pretokens_in_file`); a pair's count is the sum over
+   the words it occurs in, weighted by their frequency.
+2. Update counts incrementally. Merging (a, b) only changes the words that contain it, so we keep
+   an index pair -> words containing it and re-count just those words' pairs.
+3. Find the best pair with a heap instead of a scan. Counts only ever fall, except for pairs with
+   the newly made token, so an entry in the heap is checked when popped: if its count is out of
+   date it is pushed back with the current count ("lazy deletion").
+
+Ties between equally frequent pairs go to the lexicographically greater pair of byte strings. The
+heap is a min-heap, so each entry's key is (-count, rev(a), rev(b)) where `rev` turns byte strings
+into strings whose order is the reverse of the bytes' order (see `_descending_key`).
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+import warnings
+from collections import defaultdict
+from itertools import pairwise
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from NLM.min_lm.errors import UserError
+from NLM.min_lm.tokenization.pretokenize import count_pretokens_in_file
+
+# Maps byte value i (as a latin-1 character) to code point 255 - i; see `_descending_key`.
+_INVERT_BYTES = {i: 255 - i for i in range(256)}
+_END_OF_KEY = "\u0100"  # sorts after every inverted byte
+
+
+def _descending_key(token: bytes) -> str:
+    """A string whose order is the reverse of the byte strings' order: x < y  <=>  key(x) > key(y).
+
+    Each byte b becomes the character 255 - b, and a terminator greater than all of them is
+    appended, so that a prefix (smaller as bytes) gets the greater key: key(b"ab") < key(b"a").
+    """
+    return token.decode("latin-1").translate(_INVERT_BYTES) + _END_OF_KEY
+
+
+def train_bpe(
+    input_path: str | os.PathLike,
+    vocab_size: int,
+    special_tokens: list[str],
+    *,
+    num_workers: int | None = None,
+    chunk_size: int = 4 << 20,
+    verbose: bool = False,
+) -> tuple[dict[int, bytes], list[tuple[bytes, bytes]]]:
+    """Learn a byte-level BPE vocabulary of `vocab_size` tokens from the UTF-8 text file `input_path`.
+
+    Returns (vocab, merges): vocab maps ids to token bytes (special tokens 0..k-1, then the 256
+    single bytes, then one token per merge in order); merges lists the merged pairs in the order
+    they were learned. Fewer merges come back when the text runs out of pairs.
+
+    Options: `num_workers` processes count pre-tokens (default: the CPUs this process may use),
+    reading the file in ranges of about `chunk_size` bytes; `verbose` shows progress bars.
+    Invalid UTF-8 is replaced by U+FFFD, with one warning giving how many sequences were bad.
+    """
+    path = Path(input_path)
+    special_tokens = list(special_tokens)
+    _check_arguments(path, vocab_size, special_tokens)
+    if num_workers is None:
+        num_workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if num_workers < 1:
+        raise UserError(f"num_workers must be at least 1, got {num_workers}")
+
+    word_counts, num_replaced = count_pretokens_in_file(
+        path, special_tokens, num_workers=num_workers, chunk_size=chunk_size, verbose=verbose
+    )
+    if num_replaced:
+        warnings.warn(
+            f"{path}: {num_replaced} invalid UTF-8 sequence(s) replaced by U+FFFD",
+            UnicodeWarning,
+            stacklevel=2,
+        )
+
+    num_merges = vocab_size - len(special_tokens) - 256
+    merge_ids, tokens = learn_merges(word_counts, num_merges, verbose=verbose)
+
+    vocab = {i: s.encode("utf-8") for i, s in enumerate(special_tokens)}
+    vocab.update({len(special_tokens) + i: token for i, token in enumerate(tokens)})
+    merges = [(tokens[a], tokens[b]) for a, b in merge_ids]
+    return vocab, merges
+
+
+def _check_arguments(path: Path, vocab_size: int, special_tokens: list[str]) -> None:
+    """Reject input that cannot give a meaningful vocabulary, naming the file or value at fault."""
+    if not path.exists():
+        raise UserError(f"{path}: no such file")
+    if not path.is_file():
+        raise UserError(f"{path}: not a regular file")
+    if path.stat().st_size == 0:
+        raise UserError(f"{path}: the file is empty, there is nothing to train on")
+    for token in special_tokens:
+        if not isinstance(token, str) or not token:
+            raise UserError(f"special tokens must be non-empty strings, got {token!r}")
+    duplicates = sorted({t for t in special_tokens if special_tokens.count(t) > 1})
+    if duplicates:
+        raise UserError(f"duplicate special token(s): {', '.join(duplicates)}")
+    minimum = 256 + len(special_tokens)
+    if not isinstance(vocab_size, int) or vocab_size < minimum:
+        raise UserError(
+            f"vocab_size {vocab_size} is too small: it must hold the 256 single bytes"
+            f" and {len(special_tokens)} special token(s), at least {minimum}"
+        )
+
+
+def learn_merges(
+    word_counts: dict[str, int], num_merges: int, verbose: bool = False
+) -> tuple[list[tuple[int, int]], list[bytes]]:
+    """Run up to `num_merges` BPE merges on pre-token counts.
+
+    Token ids here are 0..255 for the single bytes and 256, 257, ... for merged tokens. Returns the
+    merged pairs as ids and the bytes of every token (index = id).
+    """
+    # Words of one byte have no pairs and never change: only longer words take part.
+    words: list[list[int]] = []
+    freqs: list[int] = []
+    for word, freq in word_counts.items():
+        encoded = word.encode("utf-8")
+        if len(encoded) > 1:
+            words.append(list(encoded))
+            freqs.append(freq)
+
+    tokens = [bytes([i]) for i in range(256)]
+    keys = [_descending_key(t) for t in tokens]
+    pair_counts: defaultdict[tuple[int, int], int] = defaultdict(int)
+    words_with: defaultdict[tuple[int, int], set[int]] = defaultdict(set)  # may hold stale word ids
+    for w, (word, freq) in enumerate(zip(words, freqs, strict=True)):
+        for pair in pairwise(word):
+            pair_counts[pair] += freq
+            words_with[pair].add(w)
+    heap = [(-count, keys[a], keys[b], a, b) for (a, b), count in pair_counts.items()]
+    heapq.heapify(heap)
+
+    merges: list[tuple[int, int]] = []
+    progress = tqdm(total=num_merges, desc="merges", unit="merge", disable=not verbose)
+    while len(merges) < num_merges and heap:
+        neg_count, _, _, a, b = heapq.heappop(heap)
+        count = pair_counts[a, b]
+        if count != -neg_count:  # out of date: counts only fall, so re-file it with its true count
+            if count > 0:
+                heapq.heappush(heap, (-count, keys[a], keys[b], a, b))
+            continue
+
+        new = len(tokens)
+        tokens.append(tokens[a] + tokens[b])
+        keys.append(_descending_key(tokens[new]))
+        merges.append((a, b))
+        new_pairs = _merge_in_words(a, b, new, words, freqs, words_with.pop((a, b)), pair_counts, words_with)
+        for pair in new_pairs:
+            heapq.heappush(heap, (-pair_counts[pair], keys[pair[0]], keys[pair[1]], pair[0], pair[1]))
+        progress.update()
+    progress.close()
+    return merges, tokens
+
+
+def _merge_in_words(
+    a: int,
+    b: int,
+    new: int,
+    words: list[list[int]],
+    freqs: list[int],
+    candidates: set[int],
+    pair_counts: defaultdict[tuple[int, int], int],
+    words_with: defaultdict[tuple[int, int], set[int]],
+) -> set[tuple[int, int]]:
+    """Replace each (a, b) by `new` in the candidate words, updating the pair counts and index.
+
+    Each changed word's old pairs are subtracted and its new pairs added (words are short, so this
+    costs little more than tracking the neighbours of each occurrence, and is plainly right for
+    overlapping cases like merging (x, x) in "x x x"). Returns the pairs that contain `new`.
+    """
+    new_pairs: set[tuple[int, int]] = set()
+    for w in candidates:
+        word = words[w]
+        merged: list[int] = []
+        start = 0
+        try:
+            while True:
+                i = word.index(a, start)
+                if word[i + 1 : i + 2] == [b]:
+                    merged.extend(word[start:i])
+                    merged.append(new)
+                    start = i + 2
+                else:
+                    merged.extend(word[start : i + 1])
+                    start = i + 1
+        except ValueError:  # no more `a` in the rest of the word
+            merged.extend(word[start:])
+        if len(merged) == len(word):  # stale index entry: the pair is no longer in this word
+            continue
+
+        freq = freqs[w]
+        for pair in pairwise(word):
+            pair_counts[pair] -= freq
+        for pair in pairwise(merged):
+            pair_counts[pair] += freq
+            if new in pair:
+                words_with[pair].add(w)
+                new_pairs.add(pair)
+        words[w] = merged
+    return new_pairs
