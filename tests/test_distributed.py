@@ -1,0 +1,208 @@
+"""Data-parallel training: torchrun's environment, device choice, DDP wrapping, and real 2-rank jobs.
+
+The multi-process tests launch torchrun on the CPU (gloo backend) with 2 ranks, one thread each.
+The NCCL/GPU path is the same code with another backend and is not exercised here.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from NLM.min_lm.distributed import (
+    DistContext,
+    all_reduce_mean,
+    context_from_env,
+    resolve_device,
+    setup_distributed,
+    sync_context,
+    teardown,
+    unwrap_model,
+    wrap_model,
+)
+from NLM.min_lm.errors import UserError
+
+TESTS_DIR = Path(__file__).resolve().parent
+REPO_ROOT = TESTS_DIR.parent
+TORCHRUN_ENV = {"RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}
+TWO_RANKS = {"RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "host", "MASTER_PORT": "29500"}
+
+
+# --- single process: reading torchrun's environment -------------------------------------------------------
+
+
+def test_no_torchrun_variables_means_one_process():
+    ctx = context_from_env({"PATH": "/usr/bin"})
+    assert ctx == DistContext(rank=0, local_rank=0, world_size=1)
+    assert ctx.is_main and not ctx.enabled
+
+
+def test_torchrun_variables_are_read():
+    ctx = context_from_env(TWO_RANKS)
+    assert (ctx.rank, ctx.local_rank, ctx.world_size) == (1, 1, 2)
+    assert ctx.enabled and not ctx.is_main
+
+
+def test_second_node_rank_has_its_own_local_rank():
+    ctx = context_from_env({**TWO_RANKS, "RANK": "5", "LOCAL_RANK": "1", "WORLD_SIZE": "8"})
+    assert (ctx.rank, ctx.local_rank, ctx.world_size) == (5, 1, 8)
+
+
+def test_torchrun_with_one_process_is_not_distributed():
+    ctx = context_from_env({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1"})
+    assert ctx == DistContext() and not ctx.enabled
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"RANK": "0"}, "but not LOCAL_RANK, WORLD_SIZE"),
+        ({"RANK": "0", "LOCAL_RANK": "0"}, "but not WORLD_SIZE"),
+        ({"WORLD_SIZE": "2"}, "but not RANK, LOCAL_RANK"),
+        ({**TWO_RANKS, "WORLD_SIZE": "two"}, "WORLD_SIZE='two' is not an integer"),
+        ({**TWO_RANKS, "RANK": "2"}, "RANK=2 must lie in 0..1"),
+        ({**TWO_RANKS, "RANK": "-1"}, "RANK=-1 must lie in 0..1"),
+        ({**TWO_RANKS, "WORLD_SIZE": "0", "RANK": "0", "LOCAL_RANK": "0"}, "WORLD_SIZE=0 must be at least 1"),
+        ({**TWO_RANKS, "LOCAL_RANK": "3"}, "LOCAL_RANK=3 must lie in 0..1"),
+        ({k: v for k, v in TWO_RANKS.items() if k != "MASTER_ADDR"}, "MASTER_ADDR not set"),
+        ({**TWO_RANKS, "MASTER_ADDR": "", "MASTER_PORT": ""}, "MASTER_ADDR and MASTER_PORT not set"),
+    ],
+)
+def test_inconsistent_environment_is_a_one_line_user_error(env, message):
+    with pytest.raises(UserError, match=message) as info:
+        context_from_env(env)
+    assert "\n" not in str(info.value)
+
+
+# --- single process: choosing the device -------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_accelerator(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+
+
+@pytest.fixture
+def four_gpus(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+
+
+def test_auto_falls_back_to_cpu(no_accelerator):
+    assert resolve_device("auto", DistContext()) == torch.device("cpu")
+
+
+def test_auto_prefers_mps_over_cpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert resolve_device("auto", DistContext()) == torch.device("mps")
+
+
+def test_auto_prefers_cuda_and_each_rank_takes_its_local_gpu(four_gpus):
+    assert resolve_device("auto", DistContext()) == torch.device("cuda")
+    assert resolve_device("auto", DistContext(rank=6, local_rank=2, world_size=8)) == torch.device("cuda", 2)
+    assert resolve_device("cuda", DistContext(rank=3, local_rank=3, world_size=4)) == torch.device("cuda", 3)
+    assert resolve_device("cuda:1", DistContext()) == torch.device("cuda", 1)
+
+
+@pytest.mark.parametrize(
+    ("device", "ctx", "message"),
+    [
+        ("cuda:1", DistContext(rank=0, local_rank=0, world_size=2), "each rank uses cuda:LOCAL_RANK"),
+        ("cuda", DistContext(rank=4, local_rank=4, world_size=8), "has 4 GPU.*more processes per node"),
+        ("cuda:7", DistContext(), "has 4 GPU"),
+    ],
+)
+def test_bad_gpu_choice_is_a_user_error(four_gpus, device, ctx, message):
+    with pytest.raises(UserError, match=message):
+        resolve_device(device, ctx)
+
+
+@pytest.mark.parametrize(
+    ("device", "message"),
+    [("cuda", "CUDA is not available"), ("mps", "MPS is not available"), ("gpu0", "not a device")],
+)
+def test_missing_or_unknown_device_is_a_user_error(no_accelerator, device, message):
+    with pytest.raises(UserError, match=message):
+        resolve_device(device, DistContext())
+
+
+def test_mps_cannot_run_several_ranks(monkeypatch):
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    with pytest.raises(UserError, match="several ranks needs --device cuda or cpu"):
+        resolve_device("mps", DistContext(rank=0, local_rank=0, world_size=2))
+
+
+# --- single process: setup and the no-op helpers -----------------------------------------------------------
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    for name in TORCHRUN_ENV:
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_setup_without_torchrun_joins_no_group(clean_env):
+    ctx, device = setup_distributed("cpu")
+    assert ctx == DistContext() and device == torch.device("cpu")
+    assert not torch.distributed.is_initialized()
+    teardown(ctx)
+    teardown(ctx)  # safe twice
+
+
+def test_setup_rejects_a_half_set_environment(clean_env, monkeypatch):
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(UserError, match="RANK but not LOCAL_RANK, WORLD_SIZE"):
+        setup_distributed("cpu")
+
+
+def test_single_process_helpers_change_nothing():
+    ctx, device = DistContext(), torch.device("cpu")
+    model = nn.Linear(3, 2)
+    assert wrap_model(model, ctx, device) is model
+    assert unwrap_model(model) is model
+    for sync in (False, True):  # nn.Linear has no no_sync(): calling it would fail
+        with sync_context(model, ctx, sync=sync):
+            model(torch.ones(1, 3)).sum().backward()
+    mean = all_reduce_mean(torch.tensor(2.5).item(), ctx, device)
+    assert mean == 2.5 and type(mean) is float
+
+
+# --- two real ranks under torchrun (CPU, gloo) -------------------------------------------------------------
+
+
+def torchrun(*args: str, nproc: int = 2, timeout: float = 90) -> subprocess.CompletedProcess:
+    """Run `torchrun --standalone --nproc_per_node nproc ARGS` from the repository root, one thread per rank.
+
+    `timeout` only guards against a hang; a healthy job finishes in a few seconds.
+    """
+    env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_ENV}
+    env["OMP_NUM_THREADS"] = "1"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    return subprocess.run(
+        [*command, *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_ddp_keeps_ranks_identical_and_equal_to_one_process_on_the_whole_batch(tmp_path):
+    result = torchrun(str(TESTS_DIR / "distributed_worker.py"), "train", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    reference = torch.load(tmp_path / "reference.pt")
+    for name, value in rank0.items():
+        assert torch.equal(value, rank1[name]), name  # bit-identical copies
+        torch.testing.assert_close(value, reference[name], rtol=0, atol=1e-6)
+    assert [float((tmp_path / f"mean{r}.txt").read_text()) for r in (0, 1)] == [1.5, 1.5]
+
+
+def test_a_failing_rank_ends_the_whole_job(tmp_path):
+    result = torchrun(str(TESTS_DIR / "distributed_worker.py"), "fail", str(tmp_path), timeout=60)
+    assert result.returncode != 0
+    assert "rank 1 failed on purpose" in result.stdout + result.stderr
