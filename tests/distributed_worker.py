@@ -23,7 +23,6 @@ from NLM.min_lm.distributed import (
     setup_distributed,
     sync_context,
     teardown,
-    unwrap_model,
     wrap_model,
 )
 
@@ -66,7 +65,7 @@ def main(mode: str, out: Path) -> None:
                 torch.save(reference.state_dict(), out / "reference.pt")
             wrapped = wrap_model(model, ctx, device)
             train(wrapped, ctx, ranks=[ctx.rank])
-            torch.save(unwrap_model(wrapped).state_dict(), out / f"rank{ctx.rank}.pt")
+            torch.save(wrapped.module.state_dict(), out / f"rank{ctx.rank}.pt")
             (out / f"mean{ctx.rank}.txt").write_text(repr(all_reduce_mean(ctx.rank + 1.0, ctx, device)))
         elif mode == "fail":
             if ctx.rank == 1:

@@ -169,11 +169,6 @@ def wrap_model(model: nn.Module, ctx: DistContext, device: torch.device) -> nn.M
     return DistributedDataParallel(model, device_ids=device_ids, **_NO_FORWARD_BUFFER_SYNC)
 
 
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The plain model inside a DDP wrapper, whose state_dict keys carry no `module.` prefix."""
-    return model.module if isinstance(model, DistributedDataParallel) else model
-
-
 @contextlib.contextmanager
 def sync_context(model: nn.Module, ctx: DistContext, sync: bool) -> Iterator[None]:
     """Skip DDP's gradient averaging on micro-steps that only accumulate (`sync=False`).
