@@ -1,0 +1,68 @@
+"""AdamW against torch.optim.AdamW; parameter groups."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from NLM.min_lm.transformer import AdamW, Embedding, RMSNorm, TransformerLM, cross_entropy, param_groups
+
+
+def small_lm(seed: int) -> TransformerLM:
+    torch.manual_seed(seed)
+    return TransformerLM(vocab_size=40, context_length=16, d_model=32, num_layers=2, num_heads=4, d_ff=48)
+
+
+def train(model, optimizer, steps=100):
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        ids = torch.randint(0, 40, (4, 17), generator=gen)
+        loss = cross_entropy(model(ids[:, :-1]), ids[:, 1:])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_adamw_matches_torch_over_100_steps(weight_decay):
+    ours, theirs = small_lm(0), small_lm(0)
+    settings = dict(lr=3e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=weight_decay)
+    train(ours, AdamW(ours.parameters(), **settings))
+    train(theirs, torch.optim.AdamW(theirs.parameters(), **settings))
+    for (name, p), q in zip(ours.named_parameters(), theirs.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-6, msg=name)
+
+
+def test_adamw_single_step_by_hand():
+    p = torch.nn.Parameter(torch.tensor([1.0, -2.0], dtype=torch.float64))
+    p.grad = torch.tensor([0.5, 0.25], dtype=torch.float64)
+    AdamW([p], lr=0.1, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.5).step()
+    # Step 1: m_hat = g, v_hat = g^2, so the update is lr * g / (|g| + eps) = 0.1 * sign(g); decay first.
+    expected = torch.tensor([1.0, -2.0], dtype=torch.float64) * (1 - 0.1 * 0.5) - 0.1 * torch.tensor(
+        [1.0, 1.0]
+    )
+    torch.testing.assert_close(p.detach(), expected, rtol=1e-7, atol=1e-7)
+
+
+def test_adamw_rejects_bad_hyperparameters():
+    with pytest.raises(ValueError):
+        AdamW([torch.nn.Parameter(torch.zeros(1))], lr=-1.0)
+    with pytest.raises(ValueError):
+        AdamW([torch.nn.Parameter(torch.zeros(1))], betas=(0.9, 1.0))
+
+
+def test_param_groups_exclude_norms_and_embeddings_by_default():
+    model = small_lm(0)
+    groups = param_groups(model, weight_decay=0.1)
+    no_decay = {id(p) for m in model.modules() if isinstance(m, (Embedding, RMSNorm)) for p in m.parameters()}
+    assert [g["weight_decay"] for g in groups] == [0.1, 0.0]
+    assert {id(p) for p in groups[1]["params"]} == no_decay
+    assert all(p.ndim == 2 for p in groups[0]["params"])
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    assert any(p is model.lm_head.weight for p in groups[0]["params"])
+
+    everything = param_groups(model, weight_decay=0.1, decay_embeddings_and_norms=True)
+    assert len(everything) == 1 and len(everything[0]["params"]) == len(list(model.parameters()))
+
+    optimizer = AdamW(groups, lr=1e-3)
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [0.1, 0.0]
