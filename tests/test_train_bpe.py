@@ -198,3 +198,11 @@ def test_stops_when_pairs_run_out(tmp_path):
     vocab, merges = train_bpe(write(tmp_path, "abc"), 1000, ["<|endoftext|>"], num_workers=1)
     assert merges == [(b"b", b"c"), (b"a", b"bc")]
     assert len(vocab) == 1 + 256 + 2
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.text(alphabet="aaab \n", min_size=1, max_size=200), st.integers(256, 300))
+def test_matches_reference_on_repetitive_text(tmp_path_factory, text, vocab_size):
+    # Runs like "aaaa" and "abab" exercise the overlapping-occurrence cases of the incremental update.
+    path = write(tmp_path_factory.mktemp("rep"), text)
+    assert train_bpe(path, vocab_size, [], num_workers=1) == reference_train_bpe(text, vocab_size, [])

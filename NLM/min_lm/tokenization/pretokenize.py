@@ -143,7 +143,9 @@ def count_pretokens_in_file(
     """
     path = str(Path(path))
     file_size = os.path.getsize(path)
-    num_chunks = max(num_workers, -(-file_size // max(1, chunk_size)))
+    # A multiple of the worker count, so that the workers finish at about the same time.
+    rounds = -(-file_size // (max(1, chunk_size) * num_workers))
+    num_chunks = num_workers * max(1, rounds)
     bounds = chunk_boundaries(path, num_chunks, special_tokens)
     tasks = [(path, start, end, special_tokens) for start, end in pairwise(bounds)]
     counts: Counter[str] = Counter()

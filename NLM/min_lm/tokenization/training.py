@@ -175,37 +175,53 @@ def _merge_in_words(
 ) -> set[tuple[int, int]]:
     """Replace each (a, b) by `new` in the candidate words, updating the pair counts and index.
 
-    Each changed word's old pairs are subtracted and its new pairs added (words are short, so this
-    costs little more than tracking the neighbours of each occurrence, and is plainly right for
-    overlapping cases like merging (x, x) in "x x x"). Returns the pairs that contain `new`.
+    Only the neighbours of each occurrence change: in `x a b y`, the pairs (x, a) and (b, y) give way
+    to (x, new) and (new, y). Two occurrences side by side (`a b a b`) share the pair between them,
+    which becomes (new, new) once. The pair (a, b) itself disappears from every word, so its count
+    is simply dropped. Returns the pairs that contain `new`.
     """
     new_pairs: set[tuple[int, int]] = set()
     for w in candidates:
         word = words[w]
+        last = len(word) - 1
         merged: list[int] = []
-        start = 0
-        try:
-            while True:
-                i = word.index(a, start)
-                if word[i + 1 : i + 2] == [b]:
-                    merged.extend(word[start:i])
-                    merged.append(new)
-                    start = i + 2
+        start = 0  # word[start:] is not yet copied into `merged`
+        search = 0
+        unseen = word.count(a)  # counting first spares a ValueError at the end of each word
+        while unseen:
+            i = word.index(a, search)
+            unseen -= 1
+            if i == last:
+                break
+            if word[i + 1] != b:
+                search = i + 1
+                continue
+            if a == b:  # the `b` just merged was an `a` too
+                unseen -= 1
+            freq = freqs[w]
+            merged += word[start:i]
+            if merged:  # left neighbour
+                left = merged[-1]
+                if left == new:  # the previous occurrence ended right here
+                    pair = (new, new)
                 else:
-                    merged.extend(word[start : i + 1])
-                    start = i + 1
-        except ValueError:  # no more `a` in the rest of the word
-            merged.extend(word[start:])
-        if len(merged) == len(word):  # stale index entry: the pair is no longer in this word
-            continue
-
-        freq = freqs[w]
-        for pair in pairwise(word):
-            pair_counts[pair] -= freq
-        for pair in pairwise(merged):
-            pair_counts[pair] += freq
-            if new in pair:
+                    pair_counts[left, a] -= freq
+                    pair = (left, new)
+                pair_counts[pair] += freq
                 words_with[pair].add(w)
                 new_pairs.add(pair)
-        words[w] = merged
+            merged.append(new)
+            start = search = i + 2
+            if start <= last:  # right neighbour
+                right = word[start]
+                pair_counts[b, right] -= freq
+                if not (right == a and start < last and word[start + 1] == b):  # not another occurrence
+                    pair = (new, right)
+                    pair_counts[pair] += freq
+                    words_with[pair].add(w)
+                    new_pairs.add(pair)
+        if start:  # stale index entries (the pair is no longer in the word) leave start at 0
+            merged += word[start:]
+            words[w] = merged
+    pair_counts.pop((a, b), None)
     return new_pairs
