@@ -122,9 +122,9 @@ def test_reference_and_sdpa_paths_agree_including_gradients():
 
 def test_mha_gradcheck():
     torch.manual_seed(0)
-    mha = MultiHeadSelfAttention(8, 2, 8, 10000.0, dtype=torch.float64, attn_impl="reference")
+    mha = MultiHeadSelfAttention(4, 2, 8, 10000.0, dtype=torch.float64, attn_impl="reference")
     names = [n for n, _ in mha.named_parameters()]
-    x = torch.randn(1, 5, 8, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(1, 4, 4, dtype=torch.float64, requires_grad=True)
     fn = lambda x, *w: torch.func.functional_call(mha, dict(zip(names, w, strict=True)), (x,))
     assert torch.autograd.gradcheck(fn, (x, *mha.parameters()))
 
