@@ -1,0 +1,469 @@
+"""The byte-level BPE tokenizer: text -> ids -> text, plus GPT-2's vocab.json / merges.txt files.
+
+Encoding text is three steps:
+
+1. Cut the text at special tokens (`<|endoftext|>`), which map straight to their ids.
+2. Split each stretch between them into pre-tokens with GPT-2's regex (see `pretokenize.py`).
+3. Turn each pre-token into bytes and apply the learned merges, lowest rank first, until no
+   adjacent pair of tokens has a merge.
+
+Step 3 is slow in Python, but text repeats: a few thousand distinct words make up most of any
+corpus. So we cache. The unit we cache is a *chunk*: a word with the one whitespace character in
+front of it (" self.assertEqual(x,"), or a whitespace run. Why chunks and not pre-tokens? Finding
+chunks needs only a simple regex that Python's fast `re` engine runs at ~50 MB/s, while GPT-2's
+pattern (with `\\p{L}`, `\\p{N}` classes) runs at ~13 MB/s; and a chunk holds several pre-tokens,
+so there are fewer lookups. Chunking never changes the result, because GPT-2's pre-tokens never
+cross a chunk boundary (see `_CHUNK_RE`). Only a chunk we have not seen goes through the regex
+and the merge loop; after that it costs one dict lookup. The caches have a size limit so that
+streaming a huge file cannot grow memory without bound.
+
+`encode_iterable` streams: it encodes the text it has up to the last point where the rest of the
+stream cannot change the result (`_last_safe_cut`), and holds back only the tail after it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable, Iterator
+from functools import cache
+from itertools import chain
+from pathlib import Path
+
+import regex
+
+from NLM.min_lm.errors import UserError
+from NLM.min_lm.fileio import atomic_path
+from NLM.min_lm.tokenization.pretokenize import GPT2_REGEX, special_token_regex
+
+# --------------------------------------------------------------------------------------------------
+# GPT-2's printable form of bytes
+# --------------------------------------------------------------------------------------------------
+
+
+@cache
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's map from each byte to a printable character, used to store tokens as text.
+
+    Bytes that are already printable (`!`..`~`, `¡`..`¬`, `®`..`ÿ` in Latin-1) stand for
+    themselves; the other 68 (controls, space, ...) are shifted to U+0100 onwards, in byte order.
+    So the space byte is `Ġ` (U+0120) and a newline is `Ċ` (U+010A).
+    """
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    mapping = {b: chr(b) for b in printable}
+    shifted = (b for b in range(256) if b not in mapping)
+    for n, b in enumerate(shifted):
+        mapping[b] = chr(256 + n)
+    return dict(sorted(mapping.items()))
+
+
+@cache
+def unicode_to_bytes() -> dict[str, int]:
+    """The inverse of `bytes_to_unicode`."""
+    return {char: b for b, char in bytes_to_unicode().items()}
+
+
+def to_printable(token: bytes) -> str:
+    """A token's bytes in GPT-2's printable form: `b" the"` -> `"Ġthe"`."""
+    table = bytes_to_unicode()
+    return "".join(table[b] for b in token)
+
+
+def from_printable(text: str) -> bytes:
+    """Undo `to_printable`; raises KeyError on a character outside the printable alphabet."""
+    table = unicode_to_bytes()
+    return bytes(table[char] for char in text)
+
+
+# --------------------------------------------------------------------------------------------------
+# Chunks: the cached unit of encoding
+# --------------------------------------------------------------------------------------------------
+
+# The characters the `regex` module (and tiktoken) count as `\s`: Unicode's White_Space. Python's
+# `re` also counts U+001C..U+001F, so we spell the class out instead of writing `\s`.
+WHITESPACE = "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+
+# A chunk is (a) one optional whitespace character then a run of non-whitespace, or (b) a run of
+# whitespace, minus its last character when a word follows (that character belongs to the word).
+# Why GPT-2's pre-tokens never cross these boundaries: every GPT-2 alternative other than the two
+# whitespace ones contains whitespace only as its optional first character, so a pre-token always
+# ends where non-whitespace meets whitespace; and a whitespace run followed by a word is always
+# cut before its last character (by `\s+(?!\S)`). At each boundary a pre-token ends, and since the
+# regex looks neither behind nor past the whitespace that follows, the text on each side splits
+# the same way on its own.
+_CHUNK_RE = re.compile(f"[{WHITESPACE}]?[^{WHITESPACE}]+|[{WHITESPACE}]+(?![^{WHITESPACE}])")
+
+# The last place where non-whitespace meets whitespace, a safe place to cut a stream: searching
+# backwards from the end, `match.end()` is that place.
+_LAST_WORD_END_RE = regex.compile(r"\S(?=\s)", flags=regex.REVERSE)
+
+
+class BPETokenizer:
+    """Encode text into token ids and decode ids back, given a byte-level BPE vocab and merges.
+
+    vocab: id -> token bytes; it must contain all 256 single bytes.
+    merges: (left, right) pairs of token bytes in the order they were learned; the merge at
+        index r has rank r (lower merges first), and `left + right` must be in the vocab.
+    special_tokens: strings encoded as one id each and never split; those not already in the
+        vocab get new ids after the largest one.
+
+    Instances keep caches of encoded chunks, so share one tokenizer rather than rebuild it; they
+    are not safe to use from several threads at once.
+    """
+
+    #: Maximum number of cached chunks per cache generation (two are kept) and of cached
+    #: out-of-vocab pre-tokens: this bounds memory whatever the input.
+    CACHE_SIZE = 1 << 17
+    #: `encode_iterable` encodes in blocks of about this many characters.
+    BLOCK_CHARS = 1 << 20
+
+    def __init__(
+        self,
+        vocab: dict[int, bytes],
+        merges: list[tuple[bytes, bytes]],
+        special_tokens: list[str] | None = None,
+    ) -> None:
+        self.vocab: dict[int, bytes] = dict(vocab)
+        self.merges: list[tuple[bytes, bytes]] = list(merges)
+        self.special_tokens: list[str] = list(dict.fromkeys(special_tokens or []))
+
+        self._token_to_id: dict[bytes, int] = {}
+        for token_id, token in self.vocab.items():
+            self._token_to_id.setdefault(token, token_id)
+        self._special_to_id: dict[str, int] = {}
+        for special in self.special_tokens:
+            token = special.encode("utf-8")
+            if token not in self._token_to_id:
+                new_id = max(self.vocab, default=-1) + 1
+                self.vocab[new_id] = token
+                self._token_to_id[token] = new_id
+            self._special_to_id[special] = self._token_to_id[token]
+        self._special_re = special_token_regex(self.special_tokens)
+        self._longest_special = max(map(len, self.special_tokens), default=0)
+
+        missing = [b for b in range(256) if bytes([b]) not in self._token_to_id]
+        if missing:
+            raise ValueError(f"the vocab lacks {len(missing)} single bytes (e.g. {bytes([missing[0]])!r}); "
+                             "a byte-level BPE vocab holds all 256")
+        self._byte_ids = [self._token_to_id[bytes([b])] for b in range(256)]
+
+        # Text -> id for the tokens that are a whole GPT-2 pre-token on their own: a chunk or a
+        # pre-token found here needs neither the regex nor the merge loop (tiktoken does the same).
+        self._whole_token_ids: dict[str, int] = {}
+        for token, token_id in self._token_to_id.items():
+            try:
+                text = token.decode("utf-8")
+            except UnicodeDecodeError:
+                continue
+            if GPT2_REGEX.findall(text) == [text]:
+                self._whole_token_ids[text] = token_id
+
+        # The merge loop works on ints: (left id, right id) -> rank, and rank -> id of the merged token.
+        self._merge_rank: dict[tuple[int, int], int] = {}
+        self._merged_id: list[int] = []
+        for rank, (left, right) in enumerate(self.merges):
+            ids = [self._token_to_id.get(t) for t in (left, right, left + right)]
+            if None in ids:
+                raise ValueError(f"merge {rank} ({left!r}, {right!r}) uses or makes a token not in the vocab")
+            self._merge_rank.setdefault((ids[0], ids[1]), rank)
+            self._merged_id.append(ids[2])
+
+        self._chunk_cache: dict[str, tuple[int, ...]] = {}
+        self._previous_chunk_cache: dict[str, tuple[int, ...]] = {}
+        self._pretoken_cache: dict[str, tuple[int, ...]] = {}
+
+    # ---------------------------------------------------------------------------------- files
+
+    @classmethod
+    def from_files(
+        cls,
+        vocab_path: str | os.PathLike,
+        merges_path: str | os.PathLike,
+        special_tokens: list[str] | None = None,
+    ) -> BPETokenizer:
+        """Load GPT-2-format files (as written by `save`, or GPT-2's own vocab.json / merges.txt)."""
+        vocab = read_vocab_file(vocab_path)
+        merges = read_merges_file(merges_path, set(vocab.values()))
+        return cls(vocab, merges, special_tokens)
+
+    def save(self, vocab_path: str | os.PathLike, merges_path: str | os.PathLike) -> None:
+        """Write vocab.json and merges.txt in GPT-2's format (each file atomically)."""
+        write_vocab_file(vocab_path, self.vocab)
+        write_merges_file(merges_path, self.merges)
+
+    # ---------------------------------------------------------------------------------- encode
+
+    def encode(self, text: str) -> list[int]:
+        """The token ids of `text`."""
+        return list(chain.from_iterable(self._encode_blocks([text])))
+
+    def encode_iterable(self, iterable: Iterable[str]) -> Iterator[int]:
+        """Yield the ids of the concatenated strings (e.g. the lines of a file) lazily.
+
+        Gives exactly `encode("".join(iterable))`, with memory bounded by the block size and the
+        caches rather than by the length of the input.
+        """
+        for ids in self._encode_blocks(iterable):
+            yield from ids
+
+    def _encode_blocks(self, texts: Iterable[str]) -> Iterator[list[int]]:
+        """Encode the concatenation of `texts` as a series of id lists, one per block of text.
+
+        Text accumulates until there is a block's worth; the block is cut at its last safe point
+        and encoded, and the remainder waits for more text. A block with no safe point (no
+        whitespace, say) grows until one appears or the input ends.
+        """
+        block = self.BLOCK_CHARS
+        pending: list[str] = []
+        pending_chars = 0
+        for text in texts:
+            pending.append(text)
+            pending_chars += len(text)
+            if pending_chars < block:
+                continue
+            buffer = "".join(pending)
+            start = 0
+            while len(buffer) - start >= block:
+                cut = self._last_safe_cut(buffer, start, start + block)
+                if cut == start:
+                    cut = self._last_safe_cut(buffer, start, len(buffer))
+                    if cut == start:
+                        break
+                yield self._encode_text(buffer[start:cut])
+                start = cut
+            pending = [buffer[start:]]
+            pending_chars = len(pending[0])
+        if pending_chars:
+            yield self._encode_text("".join(pending))
+
+    def _last_safe_cut(self, text: str, start: int, end: int) -> int:
+        """The last position in text[start:end] at which the encoding can be split.
+
+        Splitting there gives the same ids whatever text follows `end`: the position is not
+        inside a special token, and GPT-2's pre-tokens never cross it. Returns `start` if there
+        is no such position.
+
+        A special-token match that starts at s is settled once text[s : s + longest special] is
+        known, so only matches starting before `settled` count; the end of the last of them is a
+        safe cut, and so is any later word end (non-whitespace followed by whitespace) before
+        `settled`.
+        """
+        cut = start
+        settled = end
+        if self._special_re is not None:
+            settled = max(start, end - self._longest_special + 1)
+            for match in self._special_re.finditer(text, start, end):
+                if match.start() >= settled:
+                    break
+                cut = match.end()
+        if cut < settled:
+            word_end = _LAST_WORD_END_RE.search(text, cut, settled)
+            if word_end is not None:
+                return word_end.end()
+        return cut
+
+    def _encode_text(self, text: str) -> list[int]:
+        """Encode `text` in one piece: split off special tokens, then encode the rest by chunks."""
+        if self._special_re is None:
+            return self._encode_ordinary(text)
+        ids: list[int] = []
+        for i, piece in enumerate(self._special_re.split(text)):
+            if i % 2:
+                ids.append(self._special_to_id[piece])
+            elif piece:
+                ids += self._encode_ordinary(piece)
+        return ids
+
+    def _encode_ordinary(self, text: str) -> list[int]:
+        """Encode text that holds no special tokens, looking each chunk up in the cache.
+
+        Everything on the common path runs in C loops (findall, set, map, chain); Python code runs
+        only once per distinct chunk not yet cached.
+        """
+        chunks = _CHUNK_RE.findall(text)
+        cached = self._chunk_cache
+        new = set(chunks).difference(cached)
+        if new:
+            if len(cached) + len(new) > self.CACHE_SIZE:
+                # A full cache becomes the previous generation and a fresh one starts. Chunks
+                # still in use move over at the cost of a lookup; the rest go at the next turnover
+                # (roughly least-recently-used, with no bookkeeping on the fast path).
+                self._previous_chunk_cache = cached
+                cached = self._chunk_cache = {}
+                new = set(chunks)
+            previous = self._previous_chunk_cache
+            for chunk in new:
+                ids = previous.get(chunk)
+                cached[chunk] = ids if ids is not None else self._encode_chunk(chunk)
+        return list(chain.from_iterable(map(cached.__getitem__, chunks)))
+
+    def _encode_chunk(self, chunk: str) -> tuple[int, ...]:
+        """Encode one chunk: split it into GPT-2 pre-tokens and merge each one."""
+        whole = self._whole_token_ids
+        token_id = whole.get(chunk)
+        if token_id is not None:
+            return (token_id,)
+        ids: list[int] = []
+        for pretoken in GPT2_REGEX.findall(chunk):
+            token_id = whole.get(pretoken)
+            if token_id is not None:
+                ids.append(token_id)
+                continue
+            merged = self._pretoken_cache.get(pretoken)
+            if merged is None:
+                if len(self._pretoken_cache) >= self.CACHE_SIZE:
+                    self._pretoken_cache.clear()
+                token = pretoken.encode("utf-8", errors="surrogatepass")
+                merged = self._pretoken_cache[pretoken] = tuple(self._merge(token))
+            ids += merged
+        return tuple(ids)
+
+    def _merge(self, token: bytes) -> list[int]:
+        """Apply the merges to one pre-token's bytes: merge the lowest-ranked adjacent pair (the
+        leftmost one on ties) until no adjacent pair has a merge.
+
+        `ranks[i]` is the rank of the pair (ids[i], ids[i + 1]); a merge changes only its two
+        neighbours' ranks, so each step is a C-speed `min` and `index` plus two dict lookups.
+        """
+        ids = [self._byte_ids[b] for b in token]
+        rank_of, merged_id = self._merge_rank, self._merged_id
+        never = len(merged_id)
+        ranks = [rank_of.get(pair, never) for pair in zip(ids, ids[1:])]
+        while ranks:
+            best = min(ranks)
+            if best == never:
+                break
+            i = ranks.index(best)
+            ids[i : i + 2] = (merged_id[best],)
+            del ranks[i]
+            if i > 0:
+                ranks[i - 1] = rank_of.get((ids[i - 1], ids[i]), never)
+            if i < len(ranks):
+                ranks[i] = rank_of.get((ids[i], ids[i + 1]), never)
+        return ids
+
+    # ---------------------------------------------------------------------------------- decode
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """The text of `ids`; bytes that are not valid UTF-8 become U+FFFD."""
+        try:
+            data = b"".join(map(self.vocab.__getitem__, ids))
+        except KeyError as e:
+            raise ValueError(f"cannot decode unknown token id {e.args[0]!r} (vocab size {len(self.vocab)})") from None
+        return data.decode("utf-8", errors="replace")
+
+    def __len__(self) -> int:
+        """Number of ids in the vocab (special tokens included)."""
+        return len(self.vocab)
+
+    def __repr__(self) -> str:
+        return f"BPETokenizer(vocab={len(self.vocab)}, merges={len(self.merges)}, special_tokens={self.special_tokens})"
+
+
+# --------------------------------------------------------------------------------------------------
+# GPT-2 file format
+# --------------------------------------------------------------------------------------------------
+
+
+def write_vocab_file(path: str | os.PathLike, vocab: dict[int, bytes]) -> None:
+    """vocab.json: a JSON object mapping each token's printable form to its id, in id order."""
+    entries: dict[str, int] = {}
+    for token_id, token in sorted(vocab.items()):
+        key = to_printable(token)
+        if key in entries:
+            raise ValueError(f"tokens {entries[key]} and {token_id} have the same bytes {token!r}; "
+                             "vocab.json cannot hold both")
+        entries[key] = token_id
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(entries, ensure_ascii=False, indent=0) + "\n", encoding="utf-8")
+
+
+def write_merges_file(path: str | os.PathLike, merges: list[tuple[bytes, bytes]]) -> None:
+    """merges.txt: a `#version` line, then one merge per line: the two tokens' printable forms."""
+    lines = ["#version: 0.2"] + [f"{to_printable(left)} {to_printable(right)}" for left, right in merges]
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _line_of(text: str, needle: str) -> str:
+    """`:LINE` of the first occurrence of `needle` in `text`, or "" if absent (for error messages)."""
+    index = text.find(needle)
+    return f":{text.count(chr(10), 0, index) + 1}" if index >= 0 else ""
+
+
+def read_vocab_file(path: str | os.PathLike) -> dict[int, bytes]:
+    """Read vocab.json into id -> token bytes; mistakes raise UserError naming the file and line."""
+    path = Path(path)
+    text = _read_text(path)
+
+    def where(key: str) -> str:
+        """`path:line` of `key` in the file, for error messages."""
+        line = _line_of(text, json.dumps(key, ensure_ascii=False)) or _line_of(text, json.dumps(key))
+        return f"{path}{line}"
+
+    def refuse_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
+        result: dict[str, object] = {}
+        for key, value in pairs:
+            if key in result:
+                raise UserError(f"{where(key)}: token {key!r} appears twice")
+            result[key] = value
+        return result
+
+    try:
+        data = json.loads(text, object_pairs_hook=refuse_duplicates)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
+    if not isinstance(data, dict) or not data:
+        raise UserError(f"{path}: expected a JSON object mapping tokens to ids")
+    vocab: dict[int, bytes] = {}
+    for key, token_id in data.items():
+        if type(token_id) is not int or token_id < 0:
+            raise UserError(f"{where(key)}: id of token {key!r} must be a non-negative integer, got {token_id!r}")
+        if token_id in vocab:
+            raise UserError(f"{where(key)}: id {token_id} is used by two tokens")
+        try:
+            vocab[token_id] = from_printable(key)
+        except KeyError as e:
+            raise UserError(f"{where(key)}: token {key!r} has character {e.args[0]!r} (U+{ord(e.args[0]):04X}), "
+                            "which is not in GPT-2's byte-to-unicode alphabet") from None
+    return vocab
+
+
+def read_merges_file(path: str | os.PathLike, tokens: set[bytes] | None = None) -> list[tuple[bytes, bytes]]:
+    """Read merges.txt into (left, right) byte pairs; mistakes raise UserError naming file and line.
+
+    A first line starting with `#version` and blank lines are skipped. If `tokens` (the vocab's
+    token bytes) is given, both sides of each merge and their concatenation must be among them.
+    """
+    path = Path(path)
+    merges: list[tuple[bytes, bytes]] = []
+    for lineno, line in enumerate(_read_text(path).split("\n"), start=1):
+        line = line.rstrip("\r")
+        if not line or (lineno == 1 and line.startswith("#version")):
+            continue
+        parts = line.split(" ")
+        if len(parts) != 2 or not all(parts):
+            raise UserError(f"{path}:{lineno}: expected two tokens separated by one space, got {line!r}")
+        try:
+            left, right = from_printable(parts[0]), from_printable(parts[1])
+        except KeyError as e:
+            raise UserError(f"{path}:{lineno}: character {e.args[0]!r} (U+{ord(e.args[0]):04X}) is not in "
+                            "GPT-2's byte-to-unicode alphabet") from None
+        if tokens is not None:
+            for token in (left, right, left + right):
+                if token not in tokens:
+                    raise UserError(f"{path}:{lineno}: token {to_printable(token)!r} is not in the vocab")
+        merges.append((left, right))
+    return merges
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a directory, expected a file") from None
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
