@@ -28,7 +28,7 @@ import os
 import re
 from collections.abc import Iterable, Iterator
 from functools import cache
-from itertools import chain
+from itertools import chain, pairwise
 from pathlib import Path
 
 import regex
@@ -50,7 +50,8 @@ def bytes_to_unicode() -> dict[int, str]:
     themselves; the other 68 (controls, space, ...) are shifted to U+0100 onwards, in byte order.
     So the space byte is `Ġ` (U+0120) and a newline is `Ċ` (U+010A).
     """
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
+    printable += range(ord("®"), ord("ÿ") + 1)
     mapping = {b: chr(b) for b in printable}
     shifted = (b for b in range(256) if b not in mapping)
     for n, b in enumerate(shifted):
@@ -329,7 +330,7 @@ class BPETokenizer:
         ids = [self._byte_ids[b] for b in token]
         rank_of, merged_id = self._merge_rank, self._merged_id
         never = len(merged_id)
-        ranks = [rank_of.get(pair, never) for pair in zip(ids, ids[1:])]
+        ranks = [rank_of.get(pair, never) for pair in pairwise(ids)]
         while ranks:
             best = min(ranks)
             if best == never:
@@ -350,7 +351,8 @@ class BPETokenizer:
         try:
             data = b"".join(map(self.vocab.__getitem__, ids))
         except KeyError as e:
-            raise ValueError(f"cannot decode unknown token id {e.args[0]!r} (vocab size {len(self.vocab)})") from None
+            raise ValueError(f"cannot decode unknown token id {e.args[0]!r} "
+                             f"(vocab size {len(self.vocab)})") from None
         return data.decode("utf-8", errors="replace")
 
     def __len__(self) -> int:
@@ -358,7 +360,8 @@ class BPETokenizer:
         return len(self.vocab)
 
     def __repr__(self) -> str:
-        return f"BPETokenizer(vocab={len(self.vocab)}, merges={len(self.merges)}, special_tokens={self.special_tokens})"
+        return (f"BPETokenizer(vocab={len(self.vocab)}, merges={len(self.merges)}, "
+                f"special_tokens={self.special_tokens})")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -419,13 +422,15 @@ def read_vocab_file(path: str | os.PathLike) -> dict[int, bytes]:
     vocab: dict[int, bytes] = {}
     for key, token_id in data.items():
         if type(token_id) is not int or token_id < 0:
-            raise UserError(f"{where(key)}: id of token {key!r} must be a non-negative integer, got {token_id!r}")
+            raise UserError(f"{where(key)}: id of token {key!r} must be a non-negative integer, "
+                            f"got {token_id!r}")
         if token_id in vocab:
             raise UserError(f"{where(key)}: id {token_id} is used by two tokens")
         try:
             vocab[token_id] = from_printable(key)
         except KeyError as e:
-            raise UserError(f"{where(key)}: token {key!r} has character {e.args[0]!r} (U+{ord(e.args[0]):04X}), "
+            char = e.args[0]
+            raise UserError(f"{where(key)}: token {key!r} has character {char!r} (U+{ord(char):04X}), "
                             "which is not in GPT-2's byte-to-unicode alphabet") from None
     return vocab
 
