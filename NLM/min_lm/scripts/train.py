@@ -1,0 +1,31 @@
+"""Train a Transformer language model on .npy token arrays made by `minlm tokenize`.
+Writes a checkpoint (plus <stem>_best.pt), metrics.jsonl and loss.png; Ctrl-C saves and stops,
+--resume continues exactly. Several GPUs: torchrun --nproc_per_node N -m NLM.min_lm.scripts.train ...
+(--batch_size is per process).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from NLM.min_lm.scripts.args import parse_config, run_cli
+from NLM.min_lm.training.config import TrainConfig
+
+
+def run(config: TrainConfig):
+    """Train as `config` says and return the TrainResult (torch is imported here, so --help stays fast)."""
+    from NLM.min_lm.training.trainer import train
+
+    return train(config)
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m NLM.min_lm.scripts.train") -> int:
+    def body() -> int:
+        run(parse_config(TrainConfig, argv, prog, __doc__))
+        return 0
+
+    return run_cli(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""Every setting of a training run, in one dataclass that is also the `minlm train` command line.
+
+The fields are grouped as the help text shows them: data, model, optimizer, schedule, run length and
+logging, checkpoints, and the machine. Defaults give a small model that trains on a laptop CPU in minutes.
+A bad value fails here, at construction, with one line naming the flag, before any file is touched.
+This module imports no torch, so `--help` and flag errors answer instantly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from NLM.min_lm.errors import UserError
+from NLM.min_lm.scripts.args import arg
+
+ATTN_IMPLS = ("sdpa", "reference")
+DTYPES = ("float32", "bfloat16")
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def default_d_ff(d_model: int) -> int:
+    """SwiGLU's hidden size: 8/3 * d_model keeps the parameter count of a 4x MLP; a multiple of 64 is fast."""
+    return 64 * math.ceil(8 * d_model / 3 / 64)
+
+
+@dataclass
+class TrainConfig:
+    # data
+    train_tokens: str = field(metadata=arg("training tokens: a 1-D .npy array of token ids"))
+    val_tokens: str = field(metadata=arg("validation tokens: a 1-D .npy array of token ids"))
+    vocab_size: int = field(default=10_000, metadata=arg("vocabulary size of the tokenizer"))
+    context_length: int = field(default=256, metadata=arg("tokens per training sequence"))
+    batch_size: int = field(default=16, metadata=arg("sequences per micro-batch on each process"))
+    # model
+    d_model: int = field(default=256, metadata=arg("width of the residual stream"))
+    num_layers: int = field(default=4, metadata=arg("Transformer blocks"))
+    num_heads: int = field(default=8, metadata=arg("attention heads (must divide --d_model)"))
+    d_ff: int | None = field(default=None, metadata=arg("SwiGLU hidden size "
+                                                        "(default: 8/3 * d_model up to a multiple of 64)"))
+    rope_theta: float = field(default=10_000.0, metadata=arg("RoPE base frequency"))
+    attn_impl: str = field(default="sdpa", metadata=arg("attention kernel", choices=ATTN_IMPLS))
+    gradient_checkpointing: bool = field(default=False, metadata=arg("recompute activations to save memory"))
+    # optimizer and schedule
+    lr_max: float = field(default=1e-3, metadata=arg("peak learning rate, reached after warmup"))
+    lr_min: float = field(default=1e-4, metadata=arg("final learning rate of the cosine decay"))
+    warmup_iters: int = field(default=100, metadata=arg("linear warmup iterations"))
+    weight_decay: float = field(default=0.1, metadata=arg("AdamW weight decay "
+                                                                "(not on norms/embeddings)"))
+    betas: tuple[float, float] = field(default=(0.9, 0.95), metadata=arg("AdamW betas"))
+    grad_clip: float = field(default=1.0, metadata=arg("clip the global gradient norm "
+                                                            "to this; 0 disables"))
+    grad_accum_steps: int = field(default=1, metadata=arg("micro-batches accumulated per optimizer step"))
+    # run length and logging
+    max_iters: int = field(default=2000, metadata=arg("optimizer steps in the whole run"))
+    eval_interval: int = field(default=200, metadata=arg("iterations between validation passes"))
+    eval_iters: int = field(default=20, metadata=arg("validation batches per pass "
+                                                             "(the same ones every time)"))
+    log_interval: int = field(default=10, metadata=arg("iterations between training-loss log lines"))
+    seed: int = field(default=0, metadata=arg("seed for initialisation and batch sampling"))
+    run_dir: str | None = field(default=None, metadata=arg("where metrics.jsonl and loss.png go "
+                                                           "(default: the checkpoint's directory)"))
+    wandb_project: str | None = field(default=None, metadata=arg("also log to this Weights & Biases project"))
+    quiet: bool = field(default=False, metadata=arg("no progress bar or summary (for library use and tests)"))
+    # checkpoints
+    checkpoint_path: str = field(default="runs/model.pt", metadata=arg("checkpoint file; the best one "
+                                                                       "goes beside it as <stem>_best.pt"))
+    checkpoint_interval: int = field(default=1000, metadata=arg("iterations between checkpoints"))
+    resume: bool = field(default=False, metadata=arg("continue exactly from --checkpoint_path"))
+    # machine
+    device: str = field(default="auto", metadata=arg("auto (cuda, then mps, then cpu), "
+                                                     "cpu, cuda, cuda:N or mps"))
+    dtype: str = field(default="float32", metadata=arg("compute dtype; bfloat16 autocasts over float32 "
+                                                       "weights", choices=DTYPES))
+    compile: bool = field(default=False, metadata=arg("torch.compile the model"))
+
+    def __post_init__(self) -> None:
+        if self.d_ff is None:
+            self.d_ff = default_d_ff(self.d_model)
+        self.betas = tuple(self.betas)
+        self._validate()
+
+    def _validate(self) -> None:
+        positive = ("vocab_size", "context_length", "batch_size", "d_model", "num_layers", "num_heads",
+                    "d_ff", "grad_accum_steps", "max_iters", "eval_interval", "eval_iters", "log_interval",
+                    "checkpoint_interval")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise UserError(f"--{name} must be a positive integer, got {value!r}")
+        for name in ("lr_max", "lr_min", "weight_decay", "grad_clip", "warmup_iters"):
+            if getattr(self, name) < 0:
+                raise UserError(f"--{name} must not be negative, got {getattr(self, name)!r}")
+        if self.d_model % self.num_heads:
+            raise UserError(f"--d_model ({self.d_model}) must be divisible by --num_heads ({self.num_heads})")
+        if (self.d_model // self.num_heads) % 2:
+            head_dim = self.d_model // self.num_heads
+            raise UserError(f"--d_model / --num_heads ({head_dim}) must be even: RoPE rotates pairs")
+        if self.rope_theta <= 0:
+            raise UserError(f"--rope_theta must be positive, got {self.rope_theta!r}")
+        if self.lr_min > self.lr_max:
+            raise UserError(f"--lr_min ({self.lr_min}) must not exceed --lr_max ({self.lr_max})")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise UserError(f"--betas must be two numbers in [0, 1), got {self.betas!r}")
+        if not _DEVICE.fullmatch(self.device):
+            raise UserError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
+        if self.attn_impl not in ATTN_IMPLS:
+            raise UserError(f"--attn_impl must be one of {', '.join(ATTN_IMPLS)}, got {self.attn_impl!r}")
+        if self.dtype not in DTYPES:
+            raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if Path(self.checkpoint_path).suffix == "" or Path(self.checkpoint_path).name.startswith("."):
+            raise UserError(f"--checkpoint_path needs a file name with an extension, e.g. runs/model.pt, "
+                            f"got {self.checkpoint_path!r}")
+
+    @property
+    def best_checkpoint_path(self) -> Path:
+        """The best-validation checkpoint, beside the latest one: runs/model.pt -> runs/model_best.pt."""
+        path = Path(self.checkpoint_path)
+        return path.with_name(f"{path.stem}_best{path.suffix}")
+
+    @property
+    def run_path(self) -> Path:
+        return Path(self.run_dir) if self.run_dir is not None else Path(self.checkpoint_path).parent
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able copy, stored in every checkpoint so a run can be inspected and repeated."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}

@@ -1,0 +1,312 @@
+"""The training loop: `train(config)` turns token files into a trained checkpoint.
+
+One iteration = one optimizer step: `grad_accum_steps` micro-batches are run forward and backward (their
+losses scaled by 1/steps so the gradients add up to the mean), the gradient norm is clipped, and AdamW
+steps with the learning rate of the warmup + cosine schedule. Around that loop sit validation on fixed
+batches, metrics, the best checkpoint, and exact resumption: a checkpoint holds the model, the optimizer,
+the RNG states and the batch sampler's position, so a resumed run draws the same batches and computes the
+same losses as one that never stopped.
+
+Data parallelism (`torchrun --nproc_per_node N`) is wrapped around the unchanged model by
+`NLM.min_lm.distributed`: every process runs this same loop on its own slice of each global batch; DDP
+averages the gradients; logged losses are averaged over processes; only process 0 (`ctx.is_main`) prints,
+writes metrics and saves checkpoints. Anything that decides whether to stop (a NaN, a Ctrl-C) is agreed on
+by all processes, so none is left waiting in a collective.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from NLM.min_lm.distributed import (
+    DistContext,
+    all_reduce_mean,
+    setup_distributed,
+    sync_context,
+    teardown,
+    wrap_model,
+)
+from NLM.min_lm.errors import UserError
+from NLM.min_lm.training.config import TrainConfig
+from NLM.min_lm.training.data import BatchSampler, open_tokens, validation_starts, windows
+from NLM.min_lm.training.interrupt import StopRequest, stop_requests
+from NLM.min_lm.training.metrics import MetricsLog, TrainResult, plot_losses, start_wandb, summary
+from NLM.min_lm.transformer import (
+    AdamW,
+    ModelConfig,
+    TransformerLM,
+    cross_entropy,
+    get_lr_cosine_schedule,
+    gradient_clipping,
+    load_checkpoint,
+    param_groups,
+    save_checkpoint,
+)
+from NLM.min_lm.transformer.checkpoint import read_checkpoint
+
+# the model's shape: a checkpoint can only be resumed by a run that builds the same one
+_SHAPE_FIELDS = ("vocab_size", "context_length", "d_model", "num_layers", "num_heads", "d_ff")
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite; the run stops before the bad step reaches any checkpoint."""
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Train a TransformerLM as `config` says. The body of `minlm train`, callable from Python."""
+    _check_device_exists(config.device)
+    ctx, device = setup_distributed(config.device)
+    try:
+        return Trainer(config, ctx, device).run()
+    finally:
+        teardown(ctx)
+
+
+def _check_device_exists(device: str) -> None:
+    if device.startswith("cuda"):
+        index = int(device.partition(":")[2] or 0)
+        if not torch.cuda.is_available() or index >= torch.cuda.device_count():
+            raise UserError(f"--device {device}: no such CUDA device on this machine (try --device auto)")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise UserError("--device mps: MPS is not available on this machine (try --device auto)")
+
+
+class Trainer:
+    """Holds one run's state; `run()` executes it. Built in the order a reader would set things up."""
+
+    def __init__(self, config: TrainConfig, ctx: DistContext, device: torch.device) -> None:
+        self.config, self.ctx, self.device = config, ctx, device
+        c = config
+        # 1. data: checked in full before anything is built or written
+        self.train_tokens = open_tokens(c.train_tokens, "--train_tokens", c.vocab_size, c.context_length)
+        self.val_tokens = open_tokens(c.val_tokens, "--val_tokens", c.vocab_size, c.context_length)
+        self.sampler = BatchSampler(self.train_tokens, c.batch_size, c.context_length, c.seed,
+                                    ctx.rank, ctx.world_size)
+        self.val_starts = validation_starts(self.val_tokens, c.eval_iters, c.batch_size, c.context_length,
+                                            c.seed, ctx.rank, ctx.world_size)
+        use_wandb = c.wandb_project and ctx.is_main
+        self.wandb_run = start_wandb(c.wandb_project, c.to_dict()) if use_wandb else None
+
+        # 2. model and optimizer: the same seed on every process, so all start from identical weights
+        if device.type == "cuda":
+            torch.set_float32_matmul_precision("high")  # TF32 matmuls for the float32 parts
+        torch.manual_seed(c.seed)
+        model_config = ModelConfig(c.vocab_size, c.context_length, c.d_model, c.num_layers, c.num_heads,
+                                   c.d_ff, c.rope_theta)
+        self.model = TransformerLM.from_config(model_config, device=device, attn_impl=c.attn_impl,
+                                               gradient_checkpointing=c.gradient_checkpointing)
+        self.optimizer = AdamW(param_groups(self.model, c.weight_decay), lr=c.lr_max, betas=c.betas,
+                               weight_decay=c.weight_decay)
+
+        # 3. where the run stands: fresh, or exactly where its checkpoint left off
+        self.iteration = 0
+        self.best_val_loss = math.inf
+        self.elapsed_before = 0.0  # seconds spent in earlier sessions of a resumed run
+        self.saved_iteration: int | None = None  # the iteration in the checkpoint file now, if any
+        if c.resume:
+            self._resume()
+
+        # 4. what runs the steps: optionally compiled, wrapped for data parallelism; the bare
+        #    `self.model` shares its parameters and is what checkpoints store
+        self.compiled = torch.compile(self.model) if c.compile else self.model
+        self.parallel = wrap_model(self.compiled, ctx, device)
+        self.global_batch_tokens = ctx.world_size * c.batch_size * c.grad_accum_steps * c.context_length
+
+    # ---- one optimizer step ------------------------------------------------------------------------------
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """bfloat16 compute over float32 master weights, or plain float32."""
+        if self.config.dtype == "bfloat16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def train_step(self, lr: float) -> float:
+        """Accumulate gradients over the micro-batches, then clip and step. Returns the loss averaged over
+        all processes (NaN/inf is reported before the step, so the weights never take a bad update)."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        steps = self.config.grad_accum_steps
+        loss_sum = torch.zeros((), device=self.device)
+        for micro_step in range(steps):
+            x, y = self.sampler.next_batch(self.device)
+            # DDP averages gradients across processes only on the last micro-batch's backward
+            with sync_context(self.parallel, self.ctx, sync=micro_step == steps - 1):
+                with self.autocast():
+                    loss = cross_entropy(self.parallel(x), y) / steps
+                loss.backward()
+            loss_sum += loss.detach()
+        loss_value = all_reduce_mean(loss_sum.item(), self.ctx, self.device)
+        if not math.isfinite(loss_value):
+            raise TrainingDiverged(self._divergence_message(loss_value, lr))
+        if self.config.grad_clip > 0:
+            gradient_clipping(self.model.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss_value
+
+    def _divergence_message(self, loss: float, lr: float) -> str:
+        kept = (f"{self.config.checkpoint_path} still holds iteration {self.saved_iteration}"
+                if self.saved_iteration is not None else "no checkpoint was written")
+        return (f"training diverged: loss is {loss} at iteration {self.iteration + 1} (lr {lr:.3g}); "
+                f"stopped before that step, {kept}. "
+                f"Try a lower --lr_max, longer --warmup_iters or --grad_clip 1")
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Mean loss over the fixed validation batches, averaged over all processes."""
+        self.compiled.eval()
+        losses = []
+        for starts in self.val_starts:
+            x, y = windows(self.val_tokens, starts, self.config.context_length, self.device)
+            with self.autocast():
+                losses.append(cross_entropy(self.compiled(x), y).float())
+        self.compiled.train()
+        return all_reduce_mean(torch.stack(losses).mean().item(), self.ctx, self.device)
+
+    # ---- checkpoints ---------------------------------------------------------------------------------------
+
+    def save(self, path: str | Path) -> None:
+        """Write a resumable checkpoint (process 0 only: all processes hold the same weights)."""
+        if not self.ctx.is_main:
+            return
+        save_checkpoint(self.model, self.optimizer, self.iteration, path,
+                        train_config=self.config.to_dict(),
+                        sampler_state=self.sampler.state(),
+                        best_val_loss=self.best_val_loss if math.isfinite(self.best_val_loss) else None,
+                        elapsed=self.elapsed_before + self.session_elapsed())
+
+    def _resume(self) -> None:
+        """Load model, optimizer, RNG states and sampler position; every process loads the same file."""
+        path = Path(self.config.checkpoint_path)
+        if not path.is_file():
+            raise UserError(f"--resume: no checkpoint at {path} (--checkpoint_path)")
+        saved = read_checkpoint(path)  # the extra fields; load_checkpoint below restores the states
+        if "sampler_state" not in saved:
+            raise UserError(f"--resume: {path} holds no training state (was it written by minlm train?)")
+        for name in _SHAPE_FIELDS:
+            theirs, ours = saved["model_config"][name], getattr(self.config, name)
+            if theirs != ours:
+                raise UserError(f"--resume: {path} has {name} {theirs}, but --{name} is {ours}")
+        self.iteration = load_checkpoint(path, self.model, self.optimizer)
+        if self.iteration >= self.config.max_iters:
+            raise UserError(f"--resume: {path} is already at iteration {self.iteration}; "
+                            f"raise --max_iters (now {self.config.max_iters}) to train further")
+        self.sampler.load_state(saved["sampler_state"])
+        self.best_val_loss = saved["best_val_loss"] if saved["best_val_loss"] is not None else math.inf
+        self.elapsed_before = saved["elapsed"]
+        self.saved_iteration = self.iteration
+
+    # ---- the loop ------------------------------------------------------------------------------------------
+
+    def session_elapsed(self) -> float:
+        return time.perf_counter() - self.session_start
+
+    def run(self) -> TrainResult:
+        c, is_main = self.config, self.ctx.is_main
+        checkpoint = Path(c.checkpoint_path)
+        metrics = (MetricsLog(c.run_path / "metrics.jsonl", resume_from=self.iteration if c.resume else None,
+                              wandb_run=self.wandb_run) if is_main else None)
+        say = print if is_main and not c.quiet else _silent
+        say(self._header())
+
+        self.session_start = time.perf_counter()
+        final_val_loss: float | None = None
+        interrupted = ""
+        last_log = (self.session_start, self.iteration)
+        bar = tqdm(total=c.max_iters, initial=self.iteration, unit="it", dynamic_ncols=True,
+                   disable=not is_main or c.quiet)
+        try:
+            with stop_requests() as stop, bar:
+                while self.iteration < c.max_iters:
+                    lr = get_lr_cosine_schedule(self.iteration, c.lr_max, c.lr_min, c.warmup_iters,
+                                                c.max_iters)
+                    loss = self.train_step(lr)
+                    self.iteration += 1
+                    bar.update()
+                    done = self.iteration == c.max_iters
+
+                    if self.iteration % c.log_interval == 0 or done:
+                        now = time.perf_counter()
+                        rate = (self.iteration - last_log[1]) * self.global_batch_tokens / (now - last_log[0])
+                        last_log = (now, self.iteration)
+                        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{rate:,.0f}")
+                        self._record(metrics, {"iter": self.iteration, "loss": loss, "lr": lr,
+                                               "tokens_per_s": rate})
+
+                    if self.iteration % c.eval_interval == 0 or done:
+                        final_val_loss = self.evaluate()
+                        self._record(metrics, {"iter": self.iteration, "val_loss": final_val_loss,
+                                               "val_ppl": math.exp(min(final_val_loss, 700))})
+                        (bar.write if is_main and not c.quiet else _silent)(
+                            f"iter {self.iteration}: val loss {final_val_loss:.4f}, "
+                            f"perplexity {math.exp(min(final_val_loss, 700)):.2f}")
+                        if final_val_loss < self.best_val_loss:
+                            self.best_val_loss = final_val_loss
+                            self.save(c.best_checkpoint_path)
+                        if metrics is not None:
+                            plot_losses(metrics.records, c.run_path / "loss.png")
+
+                    if self.iteration % c.checkpoint_interval == 0 or done:
+                        self.save(checkpoint)
+                        self.saved_iteration = self.iteration
+
+                    interrupted = self._agreed_stop(stop)
+                    if interrupted:
+                        break
+            if interrupted and self.saved_iteration != self.iteration:
+                self.save(checkpoint)
+                self.saved_iteration = self.iteration
+        finally:
+            if self.wandb_run is not None:
+                self.wandb_run.finish()
+
+        if interrupted and metrics is not None and metrics.records:
+            plot_losses(metrics.records, c.run_path / "loss.png")  # a finished run plotted at its final eval
+        result = TrainResult(
+            iterations=self.iteration,
+            tokens_seen=self.iteration * self.global_batch_tokens,
+            global_batch_tokens=self.global_batch_tokens,
+            elapsed=self.elapsed_before + self.session_elapsed(),
+            final_val_loss=final_val_loss,
+            best_val_loss=self.best_val_loss if math.isfinite(self.best_val_loss) else None,
+            checkpoint_path=checkpoint,
+            best_checkpoint_path=c.best_checkpoint_path if math.isfinite(self.best_val_loss) else None,
+            metrics_path=c.run_path / "metrics.jsonl",
+            plot_path=c.run_path / "loss.png",
+            interrupted=bool(interrupted),
+        )
+        if interrupted and is_main:
+            print(f"{interrupted}: stopped after iteration {self.iteration}; checkpoint saved to "
+                  f"{checkpoint}; continue with the same flags plus --resume")
+        say(f"training {'interrupted' if interrupted else 'done'}:\n{summary(result)}")
+        return result
+
+    def _record(self, metrics: MetricsLog | None, record: dict[str, Any]) -> None:
+        if metrics is not None:
+            metrics.write({**record, "elapsed": self.elapsed_before + self.session_elapsed()})
+
+    def _agreed_stop(self, stop: StopRequest) -> str:
+        """The signal's name if any process was asked to stop (all processes then stop together), else ''."""
+        if not self.ctx.enabled:
+            return stop.signal_name if stop.requested else ""
+        anyone = all_reduce_mean(float(stop.requested), self.ctx, self.device) > 0
+        return (stop.signal_name or "stop requested by another process") if anyone else ""
+
+    def _header(self) -> str:
+        c, ctx = self.config, self.ctx
+        start = f"resuming at iteration {self.iteration}" if self.iteration else "starting"
+        return (f"{start}: {self.model.num_parameters():,} parameters on {self.device} ({c.dtype}); "
+                f"global batch {self.global_batch_tokens:,} tokens = {ctx.world_size} process(es) x "
+                f"{c.batch_size} sequences x {c.grad_accum_steps} accumulation x {c.context_length} tokens; "
+                f"{c.max_iters} iterations")
+
+
+def _silent(*args: Any, **kwargs: Any) -> None:
+    """Stands in for print when the run is quiet or this is not process 0."""

@@ -1,0 +1,208 @@
+"""The training library: learning, exact resumption, divergence, data checks, batch sampling."""
+
+from __future__ import annotations
+
+import math
+import signal
+
+import numpy as np
+import pytest
+import torch
+from train_helpers import VOCAB, read_metrics, tiny_flags, train_losses, write_pattern, write_tokens
+
+from NLM.min_lm.errors import UserError
+from NLM.min_lm.training import TrainConfig, TrainingDiverged, train
+from NLM.min_lm.training import data as data_module
+from NLM.min_lm.training import metrics as metrics_module
+from NLM.min_lm.training import trainer as trainer_module
+from NLM.min_lm.training.data import BatchSampler, open_tokens, validation_starts
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models train fastest on one thread, and parallel test runs then don't oversubscribe the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def tokens(tmp_path):
+    return write_tokens(tmp_path, "train.npy"), write_tokens(tmp_path, "val.npy", n=1000, seed=1)
+
+
+def config(tmp_path, tokens, **overrides) -> TrainConfig:
+    train_path, val_path = tokens
+    flags = tiny_flags(train_tokens=str(train_path), val_tokens=str(val_path),
+                       checkpoint_path=str(tmp_path / "run" / "model.pt"))
+    return TrainConfig(**{**flags, **overrides})
+
+
+def test_learns_a_repeating_sequence(tmp_path):
+    train_path = write_pattern(tmp_path, "train.npy")
+    val_path = write_pattern(tmp_path, "val.npy", repeats=20)
+    result = train(config(tmp_path, (train_path, val_path), max_iters=60, lr_max=1e-2, lr_min=1e-3,
+                          eval_interval=30))
+    assert result.iterations == 60 and not result.interrupted
+    assert result.tokens_seen == 60 * 4 * 16 == 60 * result.global_batch_tokens
+    assert result.final_val_loss < 0.2 * math.log(VOCAB)
+    assert result.best_val_loss == result.final_val_loss
+    assert result.checkpoint_path.is_file() and result.best_checkpoint_path.is_file()
+    assert result.plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_resume_continues_exactly(tmp_path, tokens, monkeypatch):
+    """20 iterations straight == 10 iterations, stop (as Ctrl-C does), resume for 10 more: same losses."""
+    straight = train(config(tmp_path / "a", tokens))
+    straight_losses = train_losses(read_metrics(straight.metrics_path))
+    assert sorted(straight_losses) == list(range(1, 21))
+
+    write = metrics_module.MetricsLog.write
+
+    def write_then_interrupt(self, record):
+        write(self, record)
+        if record["iter"] == 10 and "loss" in record:
+            signal.raise_signal(signal.SIGINT)  # lands in the trainer's handler, as a real Ctrl-C would
+
+    monkeypatch.setattr(metrics_module.MetricsLog, "write", write_then_interrupt)
+    first = train(config(tmp_path / "b", tokens))
+    assert first.interrupted and first.iterations == 10
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    monkeypatch.setattr(metrics_module.MetricsLog, "write", write)
+
+    second = train(config(tmp_path / "b", tokens, resume=True))
+    assert second.iterations == 20 and not second.interrupted
+    resumed_records = read_metrics(second.metrics_path)
+    assert train_losses(resumed_records) == straight_losses  # bitwise equal floats
+    assert [r["iter"] for r in resumed_records] == [r["iter"] for r in read_metrics(straight.metrics_path)]
+    assert second.final_val_loss == straight.final_val_loss
+    a = torch.load(straight.checkpoint_path, weights_only=False)
+    b = torch.load(second.checkpoint_path, weights_only=False)
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    assert a["sampler_state"] == b["sampler_state"]
+
+
+def test_gradient_accumulation_matches_one_big_batch(tmp_path, tokens):
+    """Batch 8 in one step == batch 4 accumulated twice: the same windows, the same mean gradient."""
+    big = train(config(tmp_path / "big", tokens, batch_size=8, max_iters=5, checkpoint_interval=5))
+    accumulated = train(config(tmp_path / "acc", tokens, batch_size=4, grad_accum_steps=2, max_iters=5,
+                               checkpoint_interval=5))
+    assert big.global_batch_tokens == accumulated.global_batch_tokens == 8 * 16
+    big_losses = train_losses(read_metrics(big.metrics_path))
+    acc_losses = train_losses(read_metrics(accumulated.metrics_path))
+    for it in big_losses:
+        assert acc_losses[it] == pytest.approx(big_losses[it], abs=1e-5)
+
+
+def test_nan_loss_stops_and_leaves_the_last_checkpoint_untouched(tmp_path, tokens, monkeypatch):
+    cfg = config(tmp_path, tokens, checkpoint_interval=5, eval_interval=100, max_iters=100)
+    real_cross_entropy = trainer_module.cross_entropy
+    calls = {"train": 0}
+    on_disk = {}
+
+    def poisoned(logits, targets):
+        loss = real_cross_entropy(logits, targets)
+        if torch.is_grad_enabled():
+            calls["train"] += 1
+            if calls["train"] >= 8:  # iteration 8: after the checkpoint of iteration 5
+                on_disk.setdefault("bytes", open(cfg.checkpoint_path, "rb").read())
+                return loss * float("nan")
+        return loss
+
+    monkeypatch.setattr(trainer_module, "cross_entropy", poisoned)
+    expected = r"loss is nan at iteration 8 .*model\.pt still holds iteration 5"
+    with pytest.raises(TrainingDiverged, match=expected):
+        train(cfg)
+    assert open(cfg.checkpoint_path, "rb").read() == on_disk["bytes"]
+    saved = torch.load(cfg.checkpoint_path, weights_only=False)
+    assert saved["iteration"] == 5
+    assert all(torch.isfinite(t).all() for t in saved["model"].values())
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_ids_outside_the_vocabulary_are_refused_before_training(tmp_path, tokens):
+    bad = tmp_path / "bad.npy"
+    ids = np.zeros(3000, dtype=np.int32)
+    ids[2345] = VOCAB
+    np.save(bad, ids)
+    expected = rf"--val_tokens {bad}: token id {VOCAB} at position 2345 .*--vocab_size"
+    with pytest.raises(UserError, match=expected):
+        train(config(tmp_path, (tokens[0], bad)))
+    assert not (tmp_path / "run").exists()
+
+
+def test_id_check_scans_in_chunks(tmp_path, monkeypatch):
+    monkeypatch.setattr(data_module, "_CHUNK", 100)
+    ids = np.arange(1000, dtype=np.int64) % 50
+    ids[777] = -3
+    np.save(tmp_path / "t.npy", ids)
+    with pytest.raises(UserError, match="token id -3 at position 777"):
+        open_tokens(tmp_path / "t.npy", "--train_tokens", 50, 8)
+    ids[777] = 0
+    np.save(tmp_path / "t.npy", ids)
+    tokens = open_tokens(tmp_path / "t.npy", "--train_tokens", 50, 8)
+    assert isinstance(tokens, np.memmap)  # mapped, not read into memory
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "no such file"),
+    (b"hello, not numpy", "not a .npy token array"),
+    (np.zeros(5, dtype=np.uint16), "5 tokens is too short for --context_length 16"),
+    (np.zeros(100, dtype=np.float32), "expected a 1-D integer array"),
+    (np.zeros((10, 10), dtype=np.int32), "expected a 1-D integer array"),
+])
+def test_bad_token_files_name_the_file_and_flag(tmp_path, content, message):
+    path = tmp_path / "tokens.npy"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        np.save(path, content)
+    with pytest.raises(UserError, match=rf"^--train_tokens {path}: {message}"):
+        open_tokens(path, "--train_tokens", VOCAB, 16)
+
+
+def test_ranks_split_one_global_batch():
+    """Two processes with batch B see exactly the windows one process with batch 2B sees, none twice."""
+    tokens = np.arange(10_000)
+    single = BatchSampler(tokens, 8, 16, seed=3)
+    ranks = [BatchSampler(tokens, 4, 16, seed=3, rank=r, world_size=2) for r in range(2)]
+    for _ in range(5):
+        whole = single.next_starts()
+        parts = [s.next_starts() for s in ranks]
+        assert np.array_equal(np.concatenate(parts), whole)
+    val_parts = [validation_starts(tokens, 3, 4, 16, 3, r, 2) for r in range(2)]
+    assert np.array_equal(np.concatenate(val_parts, axis=1), validation_starts(tokens, 3, 8, 16, 3))
+
+
+def test_sampler_state_round_trips_and_windows_shift_by_one():
+    tokens = np.arange(1000)
+    sampler = BatchSampler(tokens, 4, 16, seed=0)
+    sampler.next_starts()
+    state = sampler.state()
+    expected = sampler.next_starts()
+    sampler.next_starts()
+    sampler.load_state(state)
+    assert np.array_equal(sampler.next_starts(), expected)
+    x, y = sampler.next_batch(torch.device("cpu"))
+    assert x.dtype == torch.int64 and x.shape == (4, 16)
+    assert torch.equal(y, x + 1)  # tokens are 0..999, so the target is the next integer
+    assert x.max() + 1 < len(tokens)
+
+
+def test_config_validation_names_the_flag(tmp_path, tokens):
+    with pytest.raises(UserError, match=r"--d_model \(30\) must be divisible by --num_heads \(4\)"):
+        config(tmp_path, tokens, d_model=30, num_heads=4)
+    with pytest.raises(UserError, match="--max_iters must be a positive integer"):
+        config(tmp_path, tokens, max_iters=0)
+    assert config(tmp_path, tokens, d_model=32).d_ff == 128  # 8/3 * 32 = 85.3, rounded up to a multiple of 64
+    assert config(tmp_path, tokens, d_model=768).d_ff == 2048
+
+
+def test_resume_refuses_a_checkpoint_of_another_shape(tmp_path, tokens):
+    train(config(tmp_path, tokens, max_iters=2))
+    with pytest.raises(UserError, match="--resume: .*model.pt has d_model 32, but --d_model is 64"):
+        train(config(tmp_path, tokens, max_iters=4, d_model=64, resume=True))
+    with pytest.raises(UserError, match="already at iteration 2; raise --max_iters"):
+        train(config(tmp_path, tokens, max_iters=2, resume=True))
