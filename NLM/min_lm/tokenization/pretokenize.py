@@ -83,7 +83,8 @@ def chunk_boundaries(path: str | os.PathLike, num_chunks: int, special_tokens: l
     Each inner cut sits at the start of a special token (pre-tokens never cross one), or, when there
     are no special tokens, just after a newline between two printable ASCII characters. Either way
     the counts of pre-tokens are the same as for the uncut file. Ranges may merge when the file has
-    few such places, so fewer than `num_chunks` ranges can come back.
+    few such places, so fewer than `num_chunks` ranges can come back. (Special tokens are assumed not
+    to overlap one another in the text, e.g. "ab" and "bc" in "abc"; real ones like `<|endoftext|>` don't.)
     """
     file_size = os.path.getsize(path)
     if special_tokens:
@@ -151,7 +152,8 @@ def count_pretokens_in_file(
     counts: Counter[str] = Counter()
     num_replaced = 0
     results = _map_tasks(tasks, num_workers)
-    progress = tqdm(results, total=len(tasks), desc="pre-tokenizing", unit="chunk", disable=not verbose)
+    show = verbose and len(tasks) > 1
+    progress = tqdm(results, total=len(tasks), desc="pre-tokenizing", unit="chunk", disable=not show)
     for chunk_counts, chunk_replaced in progress:
         if counts:
             counts.update(chunk_counts)
