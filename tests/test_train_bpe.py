@@ -138,6 +138,17 @@ def test_chunk_boundaries_sit_at_special_tokens(tmp_path):
     assert all(data[b:].startswith(b"<|endoftext|>") for b in bounds[1:-1])
 
 
+def test_chunk_boundaries_fall_back_to_lone_newlines(tmp_path):
+    # One special token at the start: long documents are still cut, after a "\n" between printables.
+    path = write(tmp_path, "<|endoftext|>" + "x = f(x)\nprint(x)\n\n" * 200 + "end")
+    data = path.read_bytes()
+    bounds = chunk_boundaries(path, 10, ["<|endoftext|>"])
+    assert len(bounds) == 11
+    assert all(data[b - 2 : b] == b")\n" and data[b : b + 1] in (b"p", b"x") for b in bounds[1:-1])
+    # A special token holding a newline turns newline cuts off: it could be cut through.
+    assert chunk_boundaries(path, 10, ["<|a\nb|>"]) == [0, len(data)]
+
+
 _ALPHABET = "ab \n\t\r.,'sé😀1" + "\u00a0\u0085"
 
 

@@ -51,28 +51,37 @@ def split_on_special_tokens(text: str, special_tokens: Iterable[str]) -> list[st
 # Counting pre-tokens of a large file in parallel
 # ---------------------------------------------------------------------------------------------
 
-# Without special tokens a file is cut right after a newline that sits between two printable ASCII
-# characters ("x\ny"). The GPT-2 regex always makes such a lone "\n" a pre-token of its own (no
-# pattern absorbs it into a neighbour, and the whitespace lookahead only looks inside whitespace
-# runs), so text on either side is split the same way whether or not the file is cut there. Being
-# ASCII, the cut can never fall inside a multi-byte UTF-8 sequence.
-_SAFE_NEWLINE = re.compile(rb"[\x21-\x7e]\n[\x21-\x7e]")
+# A file is cut either where a special token starts (pre-tokens never cross one) or right after a
+# newline that sits between two printable ASCII characters ("x\ny"). The GPT-2 regex always makes
+# such a lone "\n" a pre-token of its own (no pattern absorbs it into a neighbour, and the whitespace
+# lookahead only looks inside whitespace runs), so the text on either side is split the same way
+# whether or not the file is cut there. Being ASCII, a cut never falls inside a multi-byte UTF-8
+# sequence. Newline cuts keep chunks small even in files with few or no special tokens.
+_NEWLINE_CUT = rb"(?<=[\x21-\x7e]\n)(?=[\x21-\x7e])"
 _SCAN_BYTES = 1 << 16
 
 
-def _next_boundary(f, start: int, file_size: int, cut: re.Pattern, offset_in_match: int, overlap: int) -> int:
+def _cut_pattern(special_tokens: list[str]) -> tuple[re.Pattern, int]:
+    """A bytes regex whose matches start at safe cut positions, and the longest match it can have."""
+    encoded = sorted({s.encode("utf-8") for s in special_tokens}, key=len, reverse=True)
+    alternatives = [re.escape(s) for s in encoded]
+    if not any(b"\n" in s for s in encoded):  # a newline inside a special token could be cut through
+        alternatives.append(_NEWLINE_CUT)
+    return re.compile(b"|".join(alternatives)), max([3, *map(len, encoded)])
+
+
+def _next_cut(f, start: int, file_size: int, cut: re.Pattern, overlap: int) -> int:
     """The first safe cut position at or after `start` (the file size when there is none).
 
-    The file is scanned in windows that overlap by `overlap` bytes (the longest match of `cut`), so
-    a match straddling two windows is still found.
+    The file is read in windows that overlap by `overlap` bytes (the longest match of `cut`), so a
+    match straddling two windows is still found.
     """
     pos = start
     while pos < file_size:
         f.seek(pos)
-        window = f.read(_SCAN_BYTES + overlap)
-        match = cut.search(window)
+        match = cut.search(f.read(_SCAN_BYTES + overlap))
         if match is not None:
-            return pos + match.start() + offset_in_match
+            return pos + match.start()
         pos += _SCAN_BYTES
     return file_size
 
@@ -80,27 +89,22 @@ def _next_boundary(f, start: int, file_size: int, cut: re.Pattern, offset_in_mat
 def chunk_boundaries(path: str | os.PathLike, num_chunks: int, special_tokens: list[str]) -> list[int]:
     """Byte offsets [0, ..., file_size] cutting the file into about `num_chunks` ranges.
 
-    Each inner cut sits at the start of a special token (pre-tokens never cross one), or, when there
-    are no special tokens, just after a newline between two printable ASCII characters. Either way
-    the counts of pre-tokens are the same as for the uncut file. Ranges may merge when the file has
-    few such places, so fewer than `num_chunks` ranges can come back. (Special tokens are assumed not
-    to overlap one another in the text, e.g. "ab" and "bc" in "abc"; real ones like `<|endoftext|>` don't.)
+    Each inner cut sits at the start of a special token or just after a newline between two
+    printable ASCII characters, so the counts of pre-tokens are the same as for the uncut file.
+    Ranges merge where the file has few such places, so fewer than `num_chunks` can come back.
+    (Special tokens are assumed not to overlap one another in the text, e.g. "ab" and "bc" in
+    "abc"; real ones like `<|endoftext|>` never do.)
     """
     file_size = os.path.getsize(path)
-    if special_tokens:
-        escaped = sorted((re.escape(s.encode("utf-8")) for s in set(special_tokens)), key=len, reverse=True)
-        cut, offset_in_match = re.compile(b"|".join(escaped)), 0
-        longest = max(len(s.encode("utf-8")) for s in special_tokens)
-    else:
-        cut, offset_in_match, longest = _SAFE_NEWLINE, 2, 3
-    guesses = [file_size * i // num_chunks for i in range(1, num_chunks)]
+    cut, longest = _cut_pattern(special_tokens)
     boundaries = [0]
     with open(path, "rb") as f:
-        for guess in guesses:
-            start = max(guess, boundaries[-1] + 1)
-            cut_at = _next_boundary(f, start, file_size, cut, offset_in_match, longest)
-            if cut_at < file_size and cut_at > boundaries[-1]:
-                boundaries.append(cut_at)
+        for i in range(1, num_chunks):
+            guess = file_size * i // num_chunks
+            cut_at = _next_cut(f, max(guess, boundaries[-1] + 1), file_size, cut, longest)
+            if cut_at >= file_size:  # no cut after this guess, so none after later ones either
+                break
+            boundaries.append(cut_at)
     boundaries.append(file_size)
     return boundaries
 
