@@ -148,9 +148,11 @@ def count_pretokens_in_file(
     """
     path = str(Path(path))
     file_size = os.path.getsize(path)
-    # A multiple of the worker count, so that the workers finish at about the same time.
-    rounds = -(-file_size // (max(1, chunk_size) * num_workers))
-    num_chunks = num_workers * max(1, rounds)
+    # No more workers than chunks (a small file is counted right here), and a multiple of the
+    # worker count as the number of chunks, so that the workers finish at about the same time.
+    chunk_size = max(1, chunk_size)
+    num_workers = max(1, min(num_workers, -(-file_size // chunk_size)))
+    num_chunks = num_workers * max(1, -(-file_size // (chunk_size * num_workers)))
     bounds = chunk_boundaries(path, num_chunks, special_tokens)
     tasks = [(path, start, end, special_tokens) for start, end in pairwise(bounds)]
     counts: Counter[str] = Counter()
