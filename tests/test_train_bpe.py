@@ -191,6 +191,8 @@ def test_no_warning_for_valid_utf8(tmp_path):
         ("text", 257, ["<a>", "<b>"], "at least 258"),
         ("text", 300, ["<a>", "<a>"], "duplicate special token.*<a>"),
         ("text", 300, [""], "non-empty"),
+        ("text", 300.0, [], "must be an integer"),
+        ("text", 300, "<|endoftext|>", "list of strings"),
     ],
 )
 def test_bad_input_raises_user_error(tmp_path, content, vocab_size, specials, match):

@@ -65,6 +65,8 @@ def train_bpe(
     Invalid UTF-8 is replaced by U+FFFD, with one warning giving how many sequences were bad.
     """
     path = Path(input_path)
+    if isinstance(special_tokens, str):
+        raise UserError(f"special_tokens must be a list of strings, got the string {special_tokens!r}")
     special_tokens = list(special_tokens)
     _check_arguments(path, vocab_size, special_tokens)
     if num_workers is None:
@@ -105,8 +107,10 @@ def _check_arguments(path: Path, vocab_size: int, special_tokens: list[str]) -> 
     duplicates = sorted({t for t in special_tokens if special_tokens.count(t) > 1})
     if duplicates:
         raise UserError(f"duplicate special token(s): {', '.join(duplicates)}")
+    if not isinstance(vocab_size, int) or isinstance(vocab_size, bool):
+        raise UserError(f"vocab_size must be an integer, got {vocab_size!r}")
     minimum = 256 + len(special_tokens)
-    if not isinstance(vocab_size, int) or vocab_size < minimum:
+    if vocab_size < minimum:
         raise UserError(
             f"vocab_size {vocab_size} is too small: it must hold the 256 single bytes"
             f" and {len(special_tokens)} special token(s), at least {minimum}"
