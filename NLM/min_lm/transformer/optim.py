@@ -24,7 +24,13 @@ from .modules import Embedding, RMSNorm
 
 
 class AdamW(torch.optim.Optimizer):
-    """AdamW with bias correction; `params` may be an iterable of tensors or of parameter-group dicts."""
+    """AdamW with bias correction; `params` may be an iterable of tensors or of parameter-group dicts.
+
+    `foreach` picks how the update is applied: one parameter at a time (`False`: the formulas
+    above, line by line), or each operation for all parameters of a group at once with torch's
+    `_foreach_*` kernels (`True`: identical arithmetic, a handful of kernel launches per step
+    instead of ~8 per parameter, which matters on a GPU). The default uses `_foreach` on GPUs.
+    """
 
     def __init__(
         self,
@@ -33,12 +39,15 @@ class AdamW(torch.optim.Optimizer):
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 0.01,
+        *,
+        foreach: bool | None = None,
     ):
         if lr < 0 or eps < 0 or weight_decay < 0:
             raise ValueError(f"AdamW needs lr, eps, weight_decay >= 0, got {lr}, {eps}, {weight_decay}")
         if not all(0.0 <= b < 1.0 for b in betas):
             raise ValueError(f"AdamW betas must lie in [0, 1), got {betas}")
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
+        self.foreach = foreach
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
@@ -47,28 +56,49 @@ class AdamW(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            lr, (beta1, beta2), eps, weight_decay = (
-                group["lr"],
-                group["betas"],
-                group["eps"],
-                group["weight_decay"],
-            )
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            for p in params:
                 state = self.state[p]
                 if not state:
                     state["step"] = 0
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["step"] += 1
-                t, m, v, g = state["step"], state["exp_avg"], state["exp_avg_sq"], p.grad
-                m.lerp_(g, 1 - beta1)  # m = b1 m + (1 - b1) g
-                v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-                p.mul_(1 - lr * weight_decay)
-                denom = (v.sqrt() / math.sqrt(1 - beta2**t)).add_(eps)
-                p.addcdiv_(m, denom, value=-lr / (1 - beta1**t))
+            foreach = self.foreach if self.foreach is not None else params[0].device.type != "cpu"
+            (_update_foreach if foreach else _update_one_by_one)(
+                params, [self.state[p] for p in params], group
+            )
         return loss
+
+
+def _update_one_by_one(params: list[torch.Tensor], states: list[dict], group: dict) -> None:
+    lr, (beta1, beta2), eps, weight_decay = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+    for p, state in zip(params, states, strict=True):
+        t, m, v, g = state["step"], state["exp_avg"], state["exp_avg_sq"], p.grad
+        m.lerp_(g, 1 - beta1)  # m = b1 m + (1 - b1) g
+        v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        p.mul_(1 - lr * weight_decay)
+        denom = (v.sqrt() / math.sqrt(1 - beta2**t)).add_(eps)
+        p.addcdiv_(m, denom, value=-lr / (1 - beta1**t))
+
+
+def _update_foreach(params: list[torch.Tensor], states: list[dict], group: dict) -> None:
+    """The same update as `_update_one_by_one`, each line applied to the whole list of tensors."""
+    lr, (beta1, beta2), eps, weight_decay = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+    grads = [p.grad for p in params]
+    m = [state["exp_avg"] for state in states]
+    v = [state["exp_avg_sq"] for state in states]
+    steps = [state["step"] for state in states]
+    torch._foreach_lerp_(m, grads, 1 - beta1)
+    torch._foreach_mul_(v, beta2)
+    torch._foreach_addcmul_(v, grads, grads, 1 - beta2)
+    torch._foreach_mul_(params, 1 - lr * weight_decay)
+    denom = torch._foreach_sqrt(v)
+    torch._foreach_div_(denom, [math.sqrt(1 - beta2**t) for t in steps])
+    torch._foreach_add_(denom, eps)
+    torch._foreach_addcdiv_(params, m, denom, [-lr / (1 - beta1**t) for t in steps])
 
 
 def param_groups(
