@@ -7,7 +7,8 @@ far faster with three ideas:
    parallel processes, see `pretokenize.count_pretokens_in_file`); a pair's count is the sum over
    the words it occurs in, weighted by their frequency.
 2. Update counts incrementally. Merging (a, b) only changes the words that contain it, so we keep
-   an index pair -> words containing it and re-count just those words' pairs.
+   an index pair -> words containing it, and in those words only the pairs next to each
+   occurrence change: (x, a) and (b, y) become (x, ab) and (ab, y).
 3. Find the best pair with a heap instead of a scan. Counts only ever fall, except for pairs with
    the newly made token, so an entry in the heap is checked when popped: if its count is out of
    date it is pushed back with the current count ("lazy deletion").
