@@ -65,16 +65,22 @@ def unicode_to_bytes() -> dict[str, int]:
     return {char: b for b, char in bytes_to_unicode().items()}
 
 
+# str.translate tables: bytes (as Latin-1 characters) -> printable characters, and back.
+_TO_PRINTABLE = {b: char for b, char in bytes_to_unicode().items()}
+_FROM_PRINTABLE = {ord(char): b for b, char in bytes_to_unicode().items()}
+_ALL_PRINTABLE = re.compile("[" + re.escape("".join(bytes_to_unicode().values())) + "]*")
+
+
 def to_printable(token: bytes) -> str:
     """A token's bytes in GPT-2's printable form: `b" the"` -> `"Ġthe"`."""
-    table = bytes_to_unicode()
-    return "".join(table[b] for b in token)
+    return token.decode("latin-1").translate(_TO_PRINTABLE)
 
 
 def from_printable(text: str) -> bytes:
-    """Undo `to_printable`; raises KeyError on a character outside the printable alphabet."""
-    table = unicode_to_bytes()
-    return bytes(table[char] for char in text)
+    """Undo `to_printable`; raises KeyError (with the character) on one outside the alphabet."""
+    if not _ALL_PRINTABLE.fullmatch(text):
+        raise KeyError(next(char for char in text if ord(char) not in _FROM_PRINTABLE))
+    return text.translate(_FROM_PRINTABLE).encode("latin-1")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -197,7 +203,7 @@ class BPETokenizer:
 
     def encode(self, text: str) -> list[int]:
         """The token ids of `text`."""
-        return list(chain.from_iterable(self._encode_blocks([text])))
+        return list(chain.from_iterable(map(self._encode_text, self.split_for_encoding([text]))))
 
     def encode_iterable(self, iterable: Iterable[str]) -> Iterator[int]:
         """Yield the ids of the concatenated strings (e.g. the lines of a file) lazily.
@@ -205,17 +211,19 @@ class BPETokenizer:
         Gives exactly `encode("".join(iterable))`, with memory bounded by the block size and the
         caches rather than by the length of the input.
         """
-        for ids in self._encode_blocks(iterable):
-            yield from ids
+        for piece in self.split_for_encoding(iterable):
+            yield from self._encode_text(piece)
 
-    def _encode_blocks(self, texts: Iterable[str]) -> Iterator[list[int]]:
-        """Encode the concatenation of `texts` as a series of id lists, one per block of text.
+    def split_for_encoding(self, texts: Iterable[str], block_chars: int | None = None) -> Iterator[str]:
+        """Regroup a stream of strings into blocks that can be encoded independently.
 
-        Text accumulates until there is a block's worth; the block is cut at its last safe point
-        and encoded, and the remainder waits for more text. A block with no safe point (no
-        whitespace, say) grows until one appears or the input ends.
+        Concatenating the blocks' ids gives the ids of the whole stream, so blocks can be encoded
+        one at a time (bounded memory) or in parallel. Text accumulates until there are
+        `block_chars` characters (default `BLOCK_CHARS`); the block is cut at its last safe point
+        and the remainder waits for more text. A block with no safe point (no whitespace, say)
+        grows until one appears or the input ends.
         """
-        block = self.BLOCK_CHARS
+        block = block_chars or self.BLOCK_CHARS
         pending: list[str] = []
         pending_chars = 0
         for text in texts:
@@ -231,12 +239,12 @@ class BPETokenizer:
                     cut = self._last_safe_cut(buffer, start, len(buffer))
                     if cut == start:
                         break
-                yield self._encode_text(buffer[start:cut])
+                yield buffer[start:cut]
                 start = cut
             pending = [buffer[start:]]
             pending_chars = len(pending[0])
         if pending_chars:
-            yield self._encode_text("".join(pending))
+            yield "".join(pending)
 
     def _last_safe_cut(self, text: str, start: int, end: int) -> int:
         """The last position in text[start:end] at which the encoding can be split.
