@@ -28,6 +28,7 @@ from NLM.min_lm.tokenization.pretokenize import GPT2_SPLIT_PATTERN  # noqa: E402
 from NLM.min_lm.transformer import ModelConfig, TransformerLM, load_model, save_checkpoint  # noqa: E402
 from NLM.min_lm.transformer.attention import RotaryPositionalEmbedding  # noqa: E402
 from NLM.min_lm.transformer.checkpoint import read_checkpoint  # noqa: E402
+from NLM.min_lm.transformer.sampling import generate  # noqa: E402
 
 EOT = "<|endoftext|>"
 CONFIG = ModelConfig(vocab_size=300, context_length=64, d_model=64, num_layers=2, num_heads=4, d_ff=128,
@@ -128,17 +129,13 @@ def test_logits_equal_ours(checkpoint, hf_model):
 def test_greedy_generation_equals_ours(checkpoint, hf_model):
     model, _ = load_model(checkpoint)
     prompt = torch.tensor([[5, 17, 80, 123]])
-    ids = prompt
+    ours = generate(model, prompt, max_new_tokens=40, temperature=0.0, eos_id=0)
     with torch.no_grad():
-        for _ in range(30):
-            next_id = model(ids)[:, -1].argmax(-1, keepdim=True)
-            ids = torch.cat([ids, next_id], dim=1)
-            if next_id.item() == 0:  # <|endoftext|>, where transformers stops too
-                break
         theirs = hf_model.generate(
-            prompt, attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=30
+            prompt, attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=40
         )
-    assert theirs.tolist() == ids.tolist()
+    assert theirs.shape[1] > prompt.shape[1] + 10  # a real continuation, not an immediate <|endoftext|>
+    assert theirs.tolist() == ours.tolist()
 
 
 def test_token_ids_equal_ours_on_the_corpora(data_dir, ours, hf_tokenizer):
@@ -164,6 +161,32 @@ TEXT = st.lists(
 @given(text=TEXT)
 def test_token_ids_equal_ours_on_any_text(ours, hf_tokenizer, text):
     assert hf_tokenizer(text)["input_ids"] == ours.encode(text)
+
+
+@settings(max_examples=100, deadline=None)
+@given(ids=st.lists(st.integers(0, CONFIG.vocab_size - 1), max_size=20))
+def test_decoding_equals_ours_even_for_broken_utf8(ours, hf_tokenizer, ids):
+    assert hf_tokenizer.decode(ids) == ours.decode(ids)
+
+
+OVERLAPPING = ["<|endoftext|>", "<|endoftext|><|endoftext|>", "<|a|>", "<|a", "ü b"]
+
+
+@pytest.fixture(scope="module")
+def overlapping(ours):
+    """Ours with special tokens that overlap (and one that is not ASCII), and its tokenizer.json."""
+    tokenizer = BPETokenizer(ours.vocab, ours.merges, OVERLAPPING)
+    ids = {s: tokenizer.encode(s)[0] for s in OVERLAPPING}
+    doc = tokenizer_json(tokenizer.vocab, tokenizer.merges, ids)
+    return tokenizer, tokenizers.Tokenizer.from_str(json.dumps(doc))
+
+
+@settings(max_examples=100, deadline=None)
+@given(text=st.lists(st.sampled_from([*OVERLAPPING, "x", " ", "<|", "|>", "a|>", "ü"]), max_size=10)
+       .map("".join))
+def test_overlapping_special_tokens_prefer_the_longest_in_both(overlapping, text):
+    ours, hf = overlapping
+    assert hf.encode(text).ids == ours.encode(text)
 
 
 def test_gpt2_tokenizer_json_equals_tiktoken(data_dir):

@@ -26,7 +26,8 @@ from NLM.min_lm.errors import UserError
 from NLM.min_lm.hf.llama import from_llama_config, from_llama_weights, to_llama_config, to_llama_weights
 from NLM.min_lm.hf.tokenizer_json import byte_level_bpe_from_tokenizer_json, tokenizer_json
 from NLM.min_lm.tokenization import BPETokenizer
-from NLM.min_lm.transformer import TransformerLM, load_model, save_checkpoint
+from NLM.min_lm.transformer import ModelConfig, TransformerLM, save_checkpoint
+from NLM.min_lm.transformer.checkpoint import clean_state_dict, read_checkpoint
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -40,9 +41,40 @@ def _safetensors():
     return safetensors.torch
 
 
+def _model_with_weights(config: ModelConfig, state: dict[str, torch.Tensor], source: str) -> TransformerLM:
+    """A TransformerLM whose parameters *are* the tensors of `state`, after checking names and shapes.
+
+    The model is built on the "meta" device (shapes only, no memory, no random initialisation, which
+    would take longer than the whole conversion) and the tensors are assigned into it, not copied.
+    """
+    model = TransformerLM.from_config(config, device="meta")
+    expected = model.state_dict()
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise UserError(f"{source}: weights do not match the model config (missing {missing[:3]}, "
+                        f"unexpected {unexpected[:3]})")
+    for name, tensor in state.items():
+        if tensor.shape != expected[name].shape:
+            raise UserError(f"{source}: weight {name} has shape {tuple(tensor.shape)}, but the model config "
+                            f"implies {tuple(expected[name].shape)}")
+    model.load_state_dict(state, assign=True)
+    return model
+
+
 # ---------------------------------------------------------------------------------------------
 # Export
 # ---------------------------------------------------------------------------------------------
+
+
+def _read_min_lm_checkpoint(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """The model config and weights of a min_lm checkpoint, checked against each other."""
+    checkpoint = read_checkpoint(path)
+    if not checkpoint.get("model_config"):
+        raise UserError(f"checkpoint {path} has no model_config; it was not saved from a TransformerLM")
+    config = ModelConfig(**checkpoint["model_config"])
+    state = clean_state_dict(checkpoint["model"])
+    _model_with_weights(config, state, f"checkpoint {path}")
+    return config, state
 
 
 def _special_token_ids(tokenizer: BPETokenizer, special_tokens: list[str]) -> dict[str, int]:
@@ -122,8 +154,9 @@ def export_hf(
     special_tokens = ["<|endoftext|>"] if special_tokens is None else list(special_tokens)
     save_file = _safetensors().save_file
 
-    model, _ = load_model(checkpoint, device="cpu", dtype=DTYPES[dtype] if dtype else None)
-    config = model.config
+    config, state = _read_min_lm_checkpoint(checkpoint)
+    if dtype is not None:
+        state = {name: tensor.to(DTYPES[dtype]) for name, tensor in state.items()}
     try:
         tokenizer = BPETokenizer.from_files(vocab_path, merges_path, special_tokens=special_tokens)
     except ValueError as e:  # a vocab without all 256 bytes, a merge of unknown tokens, ...
@@ -137,7 +170,7 @@ def export_hf(
         )
     specials = _special_token_ids(tokenizer, special_tokens)
     eos = next(iter(specials.values()), None)
-    weights = to_llama_weights(model.state_dict(), config)
+    weights = to_llama_weights(state, config)
     weight_dtype = next(iter(weights.values())).dtype
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -218,16 +251,7 @@ def import_hf(
     config, tied = from_llama_config(_read_json(config_path), str(config_path))
     state = from_llama_weights(_read_weights(hf_dir), config, tied, str(hf_dir))
 
-    expected = TransformerLM.from_config(config, device="meta").state_dict()
-    for name, tensor in state.items():
-        if tensor.shape != expected[name].shape:
-            raise UserError(
-                f"{hf_dir}: weight for {name} has shape {tuple(tensor.shape)}, but config.json implies "
-                f"{tuple(expected[name].shape)}"
-            )
-    dtype = state["token_embeddings.weight"].dtype
-    model = TransformerLM.from_config(config, dtype=dtype)
-    model.load_state_dict(state)
+    model = _model_with_weights(config, state, str(hf_dir))
     if vocab_path is not None:
         _import_tokenizer(hf_dir, vocab_path, merges_path)
     save_checkpoint(model, None, 0, out, imported_from=str(hf_dir))
