@@ -231,7 +231,11 @@ def _import_tokenizer(hf_dir: Path, vocab_path: str | os.PathLike, merges_path: 
     if isinstance(converted, str):
         raise UserError(f"{source} cannot be imported: {converted}")
     vocab, merges, specials = converted
-    BPETokenizer(vocab, merges, specials).save(vocab_path, merges_path)
+    try:
+        tokenizer = BPETokenizer(vocab, merges, specials)
+    except ValueError as e:  # e.g. a vocab without all 256 single bytes
+        raise UserError(f"{source} cannot be imported: {e}") from None
+    tokenizer.save(vocab_path, merges_path)
 
 
 def import_hf(
