@@ -1,8 +1,9 @@
 """Ctrl-C and SIGTERM (a scheduler's "time is up") end training cleanly instead of losing work.
 
 Inside `stop_requests()` those signals only set a flag; the training loop reads it after each
-iteration, saves a checkpoint and returns. A second Ctrl-C quits at once, as the user asked twice.
-The previous handlers are restored on exit, so library callers get their own behaviour back.
+iteration, saves a checkpoint and returns. Repeated signals change nothing (under torchrun a Ctrl-C
+reaches each worker twice: from the terminal and forwarded by torchrun). The previous handlers are
+restored on exit, so library callers get their own behaviour back.
 """
 
 from __future__ import annotations
@@ -23,8 +24,6 @@ class StopRequest:
         self.signal_name = ""
 
     def _handle(self, signum: int, frame: object) -> None:
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
         self.requested = True
         self.signal_name = signal.Signals(signum).name
 

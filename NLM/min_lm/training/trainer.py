@@ -61,21 +61,11 @@ class TrainingDiverged(UserError):
 
 def train(config: TrainConfig) -> TrainResult:
     """Train a TransformerLM as `config` says. The body of `minlm train`, callable from Python."""
-    _check_device_exists(config.device)
     ctx, device = setup_distributed(config.device)
     try:
         return Trainer(config, ctx, device).run()
     finally:
         teardown(ctx)
-
-
-def _check_device_exists(device: str) -> None:
-    if device.startswith("cuda"):
-        index = int(device.partition(":")[2] or 0)
-        if not torch.cuda.is_available() or index >= torch.cuda.device_count():
-            raise UserError(f"--device {device}: no such CUDA device on this machine (try --device auto)")
-    if device == "mps" and not torch.backends.mps.is_available():
-        raise UserError("--device mps: MPS is not available on this machine (try --device auto)")
 
 
 class Trainer:
