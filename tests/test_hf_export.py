@@ -247,7 +247,7 @@ def test_import_refuses_a_tokenizer_it_cannot_reproduce(tmp_path, exported):
 
 
 def test_import_of_a_tied_llama_written_by_transformers(tmp_path):
-    """A model saved by transformers itself (tied embeddings): our logits equal its logits."""
+    """A model saved by transformers itself (tied embeddings, sharded files): our logits equal its logits."""
     torch.manual_seed(3)
     hf_config = transformers.LlamaConfig(
         vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
@@ -255,7 +255,8 @@ def test_import_of_a_tied_llama_written_by_transformers(tmp_path):
         rope_parameters={"rope_type": "default", "rope_theta": 500.0},
     )
     hf = transformers.LlamaForCausalLM(hf_config).eval()
-    hf.save_pretrained(tmp_path / "hf")
+    hf.save_pretrained(tmp_path / "hf", max_shard_size="20KB")
+    assert (tmp_path / "hf" / "model.safetensors.index.json").is_file()
     model, _ = load_model(import_hf(tmp_path / "hf", tmp_path / "model.pt"))
     assert model.config == ModelConfig(128, 32, 32, 2, 2, 64, rope_theta=500.0, norm_eps=1e-6)
     assert torch.equal(model.lm_head.weight, model.token_embeddings.weight)
