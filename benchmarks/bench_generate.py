@@ -1,0 +1,165 @@
+"""Decoding speed: min_lm's `generate` with the KV cache vs full recompute, and Hugging Face as a peer.
+
+All three decode the same number of new tokens greedily from the same random prompt with a model of
+the same shape (pre-norm RMSNorm, RoPE, SwiGLU, no biases: a Llama-shaped model, so the peer is
+transformers' LlamaForCausalLM with its own KV cache). Each is timed `--repeats` times after a
+warm-up; the best time counts. Prints a table and writes benchmarks/results/bench_generate.json.
+
+    python benchmarks/bench_generate.py [--device cuda] [--new_tokens 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from NLM.min_lm.transformer import TransformerLM
+from NLM.min_lm.transformer.sampling import generate
+
+RESULTS = Path(__file__).resolve().parent / "results" / "bench_generate.json"
+
+
+def machine_info(device: str) -> dict:
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    info = {
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": device,
+    }
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+    elif device == "mps":
+        torch.mps.synchronize()
+
+
+def best_time(fn: Callable[[], torch.Tensor], repeats: int, device: str) -> tuple[float, torch.Tensor]:
+    fn()  # warm-up: allocator, kernels, lazy inits
+    best, out = float("inf"), None
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        out = fn()
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    return best, out
+
+
+def hf_peer(model: TransformerLM, device: str):
+    """A LlamaForCausalLM of the same shape, or None where transformers is not installed."""
+    try:
+        from transformers import LlamaConfig, LlamaForCausalLM
+    except ImportError:
+        return None
+    c = model.config
+    config = LlamaConfig(
+        vocab_size=c.vocab_size,
+        hidden_size=c.d_model,
+        intermediate_size=c.d_ff,
+        num_hidden_layers=c.num_layers,
+        num_attention_heads=c.num_heads,
+        num_key_value_heads=c.num_heads,
+        max_position_embeddings=c.context_length,
+        rope_theta=c.rope_theta,
+        rms_norm_eps=c.norm_eps,
+        tie_word_embeddings=False,
+    )
+    return LlamaForCausalLM(config).to(device).eval()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--vocab_size", type=int, default=10000)
+    parser.add_argument("--d_model", type=int, default=256)
+    parser.add_argument("--num_layers", type=int, default=4)
+    parser.add_argument("--num_heads", type=int, default=4)
+    parser.add_argument("--d_ff", type=int, default=704)
+    parser.add_argument("--context_length", type=int, default=512)
+    parser.add_argument("--prompt_tokens", type=int, default=16)
+    parser.add_argument("--new_tokens", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", default=str(RESULTS))
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    device = args.device
+    model = TransformerLM(
+        args.vocab_size, args.context_length, args.d_model, args.num_layers, args.num_heads, args.d_ff,
+        device=device,
+    ).eval()
+    prompt = torch.randint(0, args.vocab_size, (1, args.prompt_tokens), device=device)
+    n = args.new_tokens
+
+    rows = []
+    cached_s, cached_ids = best_time(
+        lambda: generate(model, prompt, n, temperature=0, use_cache=True), args.repeats, device
+    )
+    rows.append(("min_lm generate, KV cache", cached_s))
+    full_s, full_ids = best_time(
+        lambda: generate(model, prompt, n, temperature=0, use_cache=False), args.repeats, device
+    )
+    rows.append(("min_lm generate, full recompute", full_s))
+    same_tokens = bool(torch.equal(cached_ids, full_ids))
+
+    peer = hf_peer(model, device)
+    if peer is not None:
+        import transformers
+
+        def run_peer() -> torch.Tensor:
+            with torch.inference_mode():
+                return peer.generate(
+                    prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False, use_cache=True,
+                    eos_token_id=None, pad_token_id=0,
+                )
+
+        peer_s, _ = best_time(run_peer, args.repeats, device)
+        rows.append((f"transformers {transformers.__version__} LlamaForCausalLM.generate, KV cache", peer_s))
+
+    print(f"{n} new tokens after a {args.prompt_tokens}-token prompt, greedy, batch 1, {device}; "
+          f"model d_model={args.d_model} layers={args.num_layers} heads={args.num_heads} "
+          f"ctx={args.context_length} vocab={args.vocab_size} ({model.num_parameters() / 1e6:.1f}M params)")
+    width = max(len(name) for name, _ in rows)
+    print(f"{'':<{width}}  {'seconds':>8}  {'tokens/s':>9}  {'vs cache':>8}")
+    for name, seconds in rows:
+        print(f"{name:<{width}}  {seconds:8.3f}  {n / seconds:9.1f}  {seconds / cached_s:7.2f}x")
+    print(f"speed-up of the KV cache over full recompute: {full_s / cached_s:.1f}x "
+          f"(same tokens: {same_tokens})")
+
+    result = {
+        "benchmark": "bench_generate",
+        "machine": machine_info(device),
+        "config": vars(args) | {"parameters": model.num_parameters()},
+        "results": [{"name": name, "seconds": s, "tokens_per_s": n / s} for name, s in rows],
+        "cache_speedup_over_full_recompute": full_s / cached_s,
+        "cache_and_full_recompute_give_the_same_tokens": same_tokens,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
