@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,8 @@ class Trainer:
         self.best_val_loss = math.inf
         self.elapsed_before = 0.0  # seconds spent in earlier sessions of a resumed run
         self.saved_iteration: int | None = None  # the iteration in the checkpoint file now, if any
+        self.val_loss: float | None = None  # the latest validation loss
+        self.session_start = time.perf_counter()
         if c.resume:
             self._resume()
 
@@ -170,7 +173,7 @@ class Trainer:
                         train_config=self.config.to_dict(),
                         sampler_state=self.sampler.state(),
                         best_val_loss=self.best_val_loss if math.isfinite(self.best_val_loss) else None,
-                        elapsed=self.elapsed_before + self.session_elapsed())
+                        elapsed=self.elapsed())
 
     def _resume(self) -> None:
         """Load model, optimizer, RNG states and sampler position; every process loads the same file."""
@@ -195,92 +198,116 @@ class Trainer:
 
     # ---- the loop ------------------------------------------------------------------------------------------
 
-    def session_elapsed(self) -> float:
-        return time.perf_counter() - self.session_start
-
     def run(self) -> TrainResult:
-        c, is_main = self.config, self.ctx.is_main
-        checkpoint = Path(c.checkpoint_path)
-        metrics = (MetricsLog(c.run_path / "metrics.jsonl", resume_from=self.iteration if c.resume else None,
-                              wandb_run=self.wandb_run) if is_main else None)
-        say = print if is_main and not c.quiet else _silent
-        say(self._header())
-
-        self.session_start = time.perf_counter()
-        final_val_loss: float | None = None
-        interrupted = ""
-        last_log = (self.session_start, self.iteration)
-        bar = tqdm(total=c.max_iters, initial=self.iteration, unit="it", dynamic_ncols=True,
-                   disable=not is_main or c.quiet)
+        """Each iteration: one optimizer step, then on their intervals a log line, a validation pass (which
+        may save the best checkpoint) and a checkpoint; then stop if a signal asked to. The last iteration
+        always logs, validates and saves."""
+        c = self.config
+        self.metrics = self._open_metrics()
+        self._say(self._header())
+        self.session_start = self.last_log_time = time.perf_counter()
+        self.last_log_iteration = self.iteration
+        stopped_by = ""
         try:
-            with stop_requests() as stop, bar:
-                while self.iteration < c.max_iters:
+            with stop_requests() as stop, self._progress_bar() as self.bar:
+                while self.iteration < c.max_iters and not stopped_by:
                     lr = get_lr_cosine_schedule(self.iteration, c.lr_max, c.lr_min, c.warmup_iters,
                                                 c.max_iters)
                     loss = self.train_step(lr)
                     self.iteration += 1
-                    bar.update()
-                    done = self.iteration == c.max_iters
-
-                    if self.iteration % c.log_interval == 0 or done:
-                        now = time.perf_counter()
-                        rate = (self.iteration - last_log[1]) * self.global_batch_tokens / (now - last_log[0])
-                        last_log = (now, self.iteration)
-                        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{rate:,.0f}")
-                        self._record(metrics, {"iter": self.iteration, "loss": loss, "lr": lr,
-                                               "tokens_per_s": rate})
-
-                    if self.iteration % c.eval_interval == 0 or done:
-                        final_val_loss = self.evaluate()
-                        self._record(metrics, {"iter": self.iteration, "val_loss": final_val_loss,
-                                               "val_ppl": math.exp(min(final_val_loss, 700))})
-                        (bar.write if is_main and not c.quiet else _silent)(
-                            f"iter {self.iteration}: val loss {final_val_loss:.4f}, "
-                            f"perplexity {math.exp(min(final_val_loss, 700)):.2f}")
-                        if final_val_loss < self.best_val_loss:
-                            self.best_val_loss = final_val_loss
-                            self.save(c.best_checkpoint_path)
-                        if metrics is not None:
-                            plot_losses(metrics.records, c.run_path / "loss.png")
-
-                    if self.iteration % c.checkpoint_interval == 0 or done:
-                        self.save(checkpoint)
-                        self.saved_iteration = self.iteration
-
-                    interrupted = self._agreed_stop(stop)
-                    if interrupted:
-                        break
-            if interrupted and self.saved_iteration != self.iteration:
-                self.save(checkpoint)
-                self.saved_iteration = self.iteration
+                    self.bar.update()
+                    last = self.iteration == c.max_iters
+                    if self.iteration % c.log_interval == 0 or last:
+                        self.log_training(loss, lr)
+                    if self.iteration % c.eval_interval == 0 or last:
+                        self.validate()
+                    if self.iteration % c.checkpoint_interval == 0 or last:
+                        self.checkpoint()
+                    stopped_by = self._agreed_stop(stop)
+            if stopped_by and self.saved_iteration != self.iteration:
+                self.checkpoint()
         finally:
             if self.wandb_run is not None:
                 self.wandb_run.finish()
+        return self._finish(stopped_by)
 
-        if interrupted and metrics is not None and metrics.records:
-            plot_losses(metrics.records, c.run_path / "loss.png")  # a finished run plotted at its final eval
+    def log_training(self, loss: float, lr: float) -> None:
+        now = time.perf_counter()
+        tokens = (self.iteration - self.last_log_iteration) * self.global_batch_tokens
+        rate = tokens / (now - self.last_log_time)
+        self.last_log_time, self.last_log_iteration = now, self.iteration
+        self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{rate:,.0f}")
+        self._record({"iter": self.iteration, "loss": loss, "lr": lr, "tokens_per_s": rate})
+
+    def validate(self) -> None:
+        """Evaluate, log, keep the best checkpoint, redraw the loss curve."""
+        self.val_loss = self.evaluate()
+        perplexity = math.exp(min(self.val_loss, 700))  # exp overflows a float past ~709
+        self._record({"iter": self.iteration, "val_loss": self.val_loss, "val_ppl": perplexity})
+        self._say(f"iter {self.iteration}: val loss {self.val_loss:.4f}, perplexity {perplexity:.2f}",
+                  self.bar.write)
+        if self.val_loss < self.best_val_loss:
+            self.best_val_loss = self.val_loss
+            self.save(self.config.best_checkpoint_path)
+        if self.metrics is not None:
+            plot_losses(self.metrics.records, self.config.run_path / "loss.png")
+
+    def checkpoint(self) -> None:
+        self.save(self.config.checkpoint_path)
+        self.saved_iteration = self.iteration
+
+    def _finish(self, stopped_by: str) -> TrainResult:
+        c = self.config
+        if stopped_by and self.metrics is not None and self.metrics.records:  # (a finished run just did)
+            plot_losses(self.metrics.records, c.run_path / "loss.png")
+        best = self.best_val_loss if math.isfinite(self.best_val_loss) else None
         result = TrainResult(
             iterations=self.iteration,
             tokens_seen=self.iteration * self.global_batch_tokens,
             global_batch_tokens=self.global_batch_tokens,
-            elapsed=self.elapsed_before + self.session_elapsed(),
-            final_val_loss=final_val_loss,
-            best_val_loss=self.best_val_loss if math.isfinite(self.best_val_loss) else None,
-            checkpoint_path=checkpoint,
-            best_checkpoint_path=c.best_checkpoint_path if math.isfinite(self.best_val_loss) else None,
+            elapsed=self.elapsed(),
+            final_val_loss=self.val_loss,
+            best_val_loss=best,
+            checkpoint_path=Path(c.checkpoint_path),
+            best_checkpoint_path=c.best_checkpoint_path if best is not None else None,
             metrics_path=c.run_path / "metrics.jsonl",
             plot_path=c.run_path / "loss.png",
-            interrupted=bool(interrupted),
+            interrupted=bool(stopped_by),
         )
-        if interrupted and is_main:
-            print(f"{interrupted}: stopped after iteration {self.iteration}; checkpoint saved to "
-                  f"{checkpoint}; continue with the same flags plus --resume")
-        say(f"training {'interrupted' if interrupted else 'done'}:\n{summary(result)}")
+        if stopped_by and self.ctx.is_main:  # said even when quiet: the user must learn where the work went
+            print(f"{stopped_by}: stopped after iteration {self.iteration}; checkpoint saved to "
+                  f"{c.checkpoint_path}; continue with the same flags plus --resume")
+        self._say(f"training {'interrupted' if stopped_by else 'done'}:\n{summary(result)}")
         return result
 
-    def _record(self, metrics: MetricsLog | None, record: dict[str, Any]) -> None:
-        if metrics is not None:
-            metrics.write({**record, "elapsed": self.elapsed_before + self.session_elapsed()})
+    # ---- reporting ----------------------------------------------------------------------------------------
+
+    def elapsed(self) -> float:
+        """Training seconds so far, over all sessions of a resumed run."""
+        return self.elapsed_before + time.perf_counter() - self.session_start
+
+    def _open_metrics(self) -> MetricsLog | None:
+        """metrics.jsonl on process 0; a fresh run warns before it replaces an earlier run's files."""
+        c = self.config
+        if not self.ctx.is_main:
+            return None
+        if not c.resume and Path(c.checkpoint_path).exists():
+            self._say(f"note: replacing the earlier run in {c.checkpoint_path} (--resume would continue it)")
+        return MetricsLog(c.run_path / "metrics.jsonl", resume_from=self.iteration if c.resume else None,
+                          wandb_run=self.wandb_run)
+
+    def _progress_bar(self) -> tqdm:
+        return tqdm(total=self.config.max_iters, initial=self.iteration, unit="it", dynamic_ncols=True,
+                    disable=self.config.quiet or not self.ctx.is_main)
+
+    def _say(self, text: str, write: Callable[[str], Any] = print) -> None:
+        """Print on process 0 unless the run is quiet."""
+        if self.ctx.is_main and not self.config.quiet:
+            write(text)
+
+    def _record(self, record: dict[str, Any]) -> None:
+        if self.metrics is not None:
+            self.metrics.write({**record, "elapsed": self.elapsed()})
 
     def _agreed_stop(self, stop: StopRequest) -> str:
         """The signal's name if any process was asked to stop (all processes then stop together), else ''."""
@@ -296,7 +323,3 @@ class Trainer:
                 f"global batch {self.global_batch_tokens:,} tokens = {ctx.world_size} process(es) x "
                 f"{c.batch_size} sequences x {c.grad_accum_steps} accumulation x {c.context_length} tokens; "
                 f"{c.max_iters} iterations")
-
-
-def _silent(*args: Any, **kwargs: Any) -> None:
-    """Stands in for print when the run is quiet or this is not process 0."""
