@@ -6,11 +6,15 @@ The NCCL/GPU path is the same code with another backend and is not exercised her
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -204,3 +208,127 @@ def test_a_failing_rank_ends_the_whole_job(tmp_path):
     result = torchrun(str(TESTS_DIR / "distributed_worker.py"), "fail", str(tmp_path), timeout=60)
     assert result.returncode != 0
     assert "rank 1 failed on purpose" in result.stdout + result.stderr
+
+
+# --- the trainer under two ranks ----------------------------------------------------------------------------
+
+# A tiny model and a constant learning rate (warmup 0, lr_min = lr_max), so a run of 10 iterations resumed to
+# 20 follows the same schedule as a run of 20; log_interval 1 records every iteration's loss.
+TINY_RUN = dict(vocab_size=64, context_length=16, d_model=32, num_layers=2, num_heads=2, eval_interval=10,
+                eval_iters=2, log_interval=1, checkpoint_interval=10, warmup_iters=0, lr_max=1e-2,
+                lr_min=1e-2, seed=7, device="cpu", quiet=True)
+PER_RANK_BATCH = 2
+
+
+@pytest.fixture(scope="module")
+def token_files(tmp_path_factory) -> dict[str, str]:
+    folder = tmp_path_factory.mktemp("tokens")
+    rng = np.random.default_rng(0)
+    for split, length in (("train", 4000), ("val", 1000)):  # a walk of +1/+2 steps: learnable in a few steps
+        walk = np.cumsum(rng.integers(1, 3, length)) % TINY_RUN["vocab_size"]
+        np.save(folder / f"{split}.npy", walk.astype(np.uint16))
+    return {"train_tokens": str(folder / "train.npy"), "val_tokens": str(folder / "val.npy")}
+
+
+def train_flags(token_files: dict[str, str], run_dir: Path, **overrides) -> list[str]:
+    """The command line of a tiny run writing into `run_dir`."""
+    options = {**TINY_RUN, **token_files, "batch_size": PER_RANK_BATCH, "max_iters": 20,
+               "checkpoint_path": str(run_dir / "model.pt"), **overrides}
+    flags = []
+    for name, value in options.items():
+        if isinstance(value, bool):
+            flags.append(f"--{name}" if value else f"--no-{name}")
+        else:
+            flags += [f"--{name}", str(value)]
+    return flags
+
+
+def torchrun_train(flags: list[str]) -> None:
+    result = torchrun("-m", "NLM.min_lm.scripts.train", *flags)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def metrics(run_dir: Path) -> tuple[list[float], list[float]]:
+    """Training losses (one per iteration) and validation losses from metrics.jsonl."""
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train = [r["loss"] for r in records if "loss" in r]
+    val = [r["val_loss"] for r in records if "val_loss" in r]
+    return train, val
+
+
+@pytest.fixture(scope="module")
+def two_rank_run(token_files, tmp_path_factory) -> Path:
+    """20 iterations on 2 ranks of batch 2: the run the other trainer tests compare against."""
+    run_dir = tmp_path_factory.mktemp("two_ranks")
+    torchrun_train(train_flags(token_files, run_dir))
+    return run_dir
+
+
+def train_in_this_process(token_files: dict[str, str], run_dir: Path, **overrides) -> None:
+    """A one-process run with the 2-rank runs' global batch."""
+    from NLM.min_lm.training.config import TrainConfig
+    from NLM.min_lm.training.trainer import train
+
+    train(TrainConfig(**{**TINY_RUN, **token_files, "batch_size": 2 * PER_RANK_BATCH, "max_iters": 20,
+                         "checkpoint_path": str(run_dir / "model.pt"), **overrides}))
+
+
+def test_two_ranks_train_like_one_process_with_the_global_batch(token_files, two_rank_run, tmp_path):
+    train_in_this_process(token_files, tmp_path)
+    one_train, one_val = metrics(tmp_path)
+    two_train, two_val = metrics(two_rank_run)
+    assert len(two_train) == 20 and len(two_val) == 2
+    np.testing.assert_allclose(two_train, one_train, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(two_val, one_val, rtol=0, atol=1e-5)
+    assert one_val[-1] < one_val[0] < one_train[0]  # it learns: the curves compared are not flat
+
+
+def test_resume_under_two_ranks_continues_the_same_run(token_files, two_rank_run, tmp_path):
+    torchrun_train(train_flags(token_files, tmp_path, max_iters=10))
+    torchrun_train(train_flags(token_files, tmp_path, max_iters=20, resume=True))
+    resumed_train, resumed_val = metrics(tmp_path)
+    straight_train, straight_val = metrics(two_rank_run)
+    np.testing.assert_allclose(resumed_train, straight_train, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(resumed_val, straight_val, rtol=0, atol=1e-5)
+
+
+def test_a_one_process_checkpoint_resumes_on_two_ranks(token_files, two_rank_run, tmp_path):
+    """Same global batch, other number of processes: the run goes on as if nothing had changed."""
+    train_in_this_process(token_files, tmp_path, max_iters=10)
+    torchrun_train(train_flags(token_files, tmp_path, max_iters=20, resume=True))
+    np.testing.assert_allclose(metrics(tmp_path)[0], metrics(two_rank_run)[0], rtol=0, atol=1e-5)
+
+
+def worker_pids(launcher_pid: int) -> dict[int, int]:
+    """rank -> pid of the processes torchrun started (read from /proc: their RANK variable)."""
+    children = []
+    for task in Path(f"/proc/{launcher_pid}/task").iterdir():
+        children += (task / "children").read_text().split()
+    ranks = {}
+    for pid in map(int, children):
+        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        ranks.update({int(v[5:]): pid for v in env if v.startswith(b"RANK=")})
+    return ranks
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds the ranks' processes through /proc")
+def test_a_rank_killed_mid_training_ends_the_job(token_files, tmp_path):
+    """Like a rank taken by the out-of-memory killer: rank 0, waiting for it, must fail too, not hang."""
+    flags = train_flags(token_files, tmp_path, max_iters=1_000_000, eval_interval=1_000_000,
+                        checkpoint_interval=1_000_000)
+    env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_ENV} | {"OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "NLM.min_lm.scripts.train", *flags]
+    with subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True) as launcher:
+        try:
+            metrics_file = tmp_path / "metrics.jsonl"
+            while not (metrics_file.is_file() and metrics_file.read_text()):  # until training is under way
+                assert launcher.poll() is None, launcher.stdout.read()
+                time.sleep(0.1)
+            os.kill(worker_pids(launcher.pid)[1], signal.SIGKILL)
+            output, _ = launcher.communicate(timeout=60)
+        finally:
+            launcher.terminate()  # torchrun then stops its ranks; a no-op once it has exited
+    assert launcher.returncode != 0
+    assert "SIGKILL" in output, output[-3000:]
