@@ -13,8 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from NLM.min_lm.errors import UserError
-from NLM.min_lm.tokenization.pretokenize import GPT2_SPLIT_PATTERN
+from NLM.min_lm.tokenization.pretokenize import GPT2_REGEX, GPT2_SPLIT_PATTERN
 from NLM.min_lm.tokenization.tokenizer import (
+    GPT2_ASCII_REGEX,
     WHITESPACE,
     BPETokenizer,
     bytes_to_unicode,
@@ -74,6 +75,12 @@ def test_printable_alphabet_is_a_bijection_onto_visible_characters():
     assert table[ord(" ")] == "Ġ" and table[ord("\n")] == "Ċ" and table[ord("A")] == "A"
     every_byte = bytes(range(256))
     assert from_printable(to_printable(every_byte)) == every_byte
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(alphabet=st.characters(max_codepoint=127), max_size=40))
+def test_ascii_pattern_splits_ascii_text_like_gpt2s(text):
+    assert GPT2_ASCII_REGEX.findall(text) == GPT2_REGEX.findall(text)
 
 
 def test_chunk_whitespace_class_is_the_regex_modules_whitespace():
