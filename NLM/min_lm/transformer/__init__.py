@@ -7,6 +7,7 @@ model.py       TransformerBlock, TransformerLM, ModelConfig
 optim.py       AdamW, parameter groups
 utils.py       cross_entropy, LR schedule, gradient clipping, get_batch
 checkpoint.py  save_checkpoint, load_checkpoint, load_model
+sampling.py    generate (greedy / temperature / top-k / top-p decoding with the KV cache)
 """
 
 from .attention import MultiHeadSelfAttention, RotaryPositionalEmbedding, scaled_dot_product_attention
@@ -15,6 +16,7 @@ from .kv_cache import KVCache
 from .model import ModelConfig, TransformerBlock, TransformerLM
 from .modules import Embedding, Linear, RMSNorm, SwiGLU, silu, softmax
 from .optim import AdamW, param_groups
+from .sampling import generate
 from .utils import cross_entropy, get_batch, get_lr_cosine_schedule, gradient_clipping
 
 __all__ = [
@@ -30,6 +32,7 @@ __all__ = [
     "TransformerBlock",
     "TransformerLM",
     "cross_entropy",
+    "generate",
     "get_batch",
     "get_lr_cosine_schedule",
     "gradient_clipping",
