@@ -13,7 +13,9 @@ hold; we replace it by U+FFFD, as `train_bpe` does.)
 Each run is a fresh Python process, so peak memory is the trainer's own: we report the largest
 single process's peak RSS (from `os.wait4`) and the peak sum of PSS over the process and its
 children (sampled every 100 ms; PSS splits pages shared after fork fairly, so worker processes are
-not double-counted). Time is the training call alone, the best of `--repeats` runs.
+not double-counted). Time is the training call alone, the best of `--repeats` runs; the two
+trainers alternate, so both see the same load from anything else running on the machine (the
+load average is recorded in the JSON).
 
     python benchmarks/bench_bpe_train.py [--sizes_mb 5 20] [--repeats 3]
 """
@@ -197,6 +199,7 @@ def main() -> None:
     args = parser.parse_args()
 
     corpus = stdlib_corpus()
+    load_before = os.getloadavg()  # other work on the machine slows both trainers: record it
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
@@ -273,6 +276,7 @@ def main() -> None:
         "special_tokens": [SPECIAL],
         "repeats": args.repeats,
         "machine": machine_info(),
+        "load_average_1_5_15min": {"before": load_before, "after": os.getloadavg()},
         "results": rows,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
