@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from NLM.min_lm.errors import UserError
-from NLM.min_lm.tokenization.pretokenize import GPT2_REGEX, GPT2_SPLIT_PATTERN
+from NLM.min_lm.tokenization.pretokenize import GPT2_REGEX, GPT2_SPLIT_PATTERN, split_on_special_tokens
 from NLM.min_lm.tokenization.tokenizer import (
     GPT2_ASCII_REGEX,
     WHITESPACE,
@@ -198,6 +198,28 @@ def test_overlapping_special_tokens_prefer_the_longest(gpt2_files):
     # A special token split across the pieces of a stream is still found, longest first.
     parts = ["Hi<|endof", "text|><|end", "oftext|>the", "re<", "|endoftext|> bye"]
     assert list(tok.encode_iterable(parts)) == tok.encode("".join(parts))
+
+
+_ODD_SPECIALS = [EOT, EOT + EOT, "<|end of text|>", " <s>", "\n\n<sep>"]  # overlapping, with whitespace
+_odd_texts = st.lists(st.one_of(_pieces, st.sampled_from(_ODD_SPECIALS + ["<s>", " <", "<sep", "\n\n"])),
+                      max_size=25).map("".join)
+
+
+@pytest.fixture(scope="module")
+def odd_specials(gpt2_files) -> BPETokenizer:
+    return SmallBlocks.from_files(*gpt2_files, special_tokens=_ODD_SPECIALS)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=_odd_texts, cuts=st.lists(st.integers(min_value=0, max_value=200), max_size=6))
+def test_special_tokens_with_whitespace_match_split_then_tiktoken(text, cuts, odd_specials, reference):
+    expected = []
+    for i, piece in enumerate(split_on_special_tokens(text, _ODD_SPECIALS)):
+        expected += odd_specials.encode(piece) if i % 2 else reference.encode_ordinary(piece)
+    assert odd_specials.encode(text) == expected
+    bounds = sorted({min(c, len(text)) for c in cuts} | {0, len(text)})
+    assert list(odd_specials.encode_iterable(text[a:b] for a, b in pairwise(bounds))) == expected
+    assert odd_specials.decode(expected) == text
 
 
 def test_text_that_merely_resembles_a_special_token_is_ordinary_text(gpt2, reference):
