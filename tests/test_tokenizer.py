@@ -121,6 +121,11 @@ def test_vocab_without_all_single_bytes_is_refused():
         BPETokenizer({0: b"a"}, [])
 
 
+def test_empty_special_token_is_refused():
+    with pytest.raises(ValueError, match="empty"):
+        BPETokenizer({i: bytes([i]) for i in range(256)}, [], special_tokens=[""])
+
+
 def test_merge_outside_the_vocab_is_refused():
     vocab = {i: bytes([i]) for i in range(256)}
     with pytest.raises(ValueError, match="merge 0"):

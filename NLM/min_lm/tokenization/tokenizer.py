@@ -143,6 +143,8 @@ class BPETokenizer:
         self.vocab: dict[int, bytes] = dict(vocab)
         self.merges: list[tuple[bytes, bytes]] = list(merges)
         self.special_tokens: list[str] = list(dict.fromkeys(special_tokens or []))
+        if "" in self.special_tokens:
+            raise ValueError("a special token cannot be the empty string")
 
         self._token_to_id: dict[bytes, int] = {}
         for token_id, token in self.vocab.items():
