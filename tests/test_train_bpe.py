@@ -21,7 +21,11 @@ pytest.importorskip("NLM.min_lm.tokenization.tokenizer", reason="BPETokenizer mo
 
 from NLM.min_lm.errors import UserError  # noqa: E402
 from NLM.min_lm.tokenization import train_bpe  # noqa: E402
-from NLM.min_lm.tokenization.pretokenize import chunk_boundaries, count_pretokens_in_file  # noqa: E402
+from NLM.min_lm.tokenization.pretokenize import (  # noqa: E402
+    chunk_boundaries,
+    count_pretokens_in_file,
+    pretokenize,
+)
 
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
@@ -147,6 +151,15 @@ def test_chunk_boundaries_fall_back_to_lone_newlines(tmp_path):
     assert all(data[b - 2 : b] == b")\n" and data[b : b + 1] in (b"p", b"x") for b in bounds[1:-1])
     # A special token holding a newline turns newline cuts off: it could be cut through.
     assert chunk_boundaries(path, 10, ["<|a\nb|>"]) == [0, len(data)]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.text(alphabet="aZ9 \n\t\r\x0b\x1c\x1f'sldvé²٣\u00a0\u0085\u2003.-_😀", max_size=60))
+def test_fast_pretokenize_equals_the_gpt2_regex(text):
+    # ASCII blocks take a `re` pattern without \p{..} classes; the result must not change.
+    assert pretokenize(text) == regex.findall(GPT2_PATTERN, text)
+    mixed = f"{text}\nx\n{text.encode('ascii', 'ignore').decode()}"  # non-ASCII and ASCII blocks
+    assert pretokenize(mixed) == regex.findall(GPT2_PATTERN, mixed)
 
 
 _ALPHABET = "ab \n\t\r.,'sé😀1" + "\u00a0\u0085"
