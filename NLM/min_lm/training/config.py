@@ -34,12 +34,12 @@ class TrainConfig:
     train_tokens: str = field(metadata=arg("training tokens: a 1-D .npy array of token ids"))
     val_tokens: str = field(metadata=arg("validation tokens: a 1-D .npy array of token ids"))
     vocab_size: int = field(default=10_000, metadata=arg("vocabulary size of the tokenizer"))
-    context_length: int = field(default=256, metadata=arg("tokens per training sequence"))
+    context_length: int = field(default=128, metadata=arg("tokens per training sequence"))
     batch_size: int = field(default=16, metadata=arg("sequences per micro-batch on each process"))
     # model
-    d_model: int = field(default=256, metadata=arg("width of the residual stream"))
+    d_model: int = field(default=128, metadata=arg("width of the residual stream"))
     num_layers: int = field(default=4, metadata=arg("Transformer blocks"))
-    num_heads: int = field(default=8, metadata=arg("attention heads (must divide --d_model)"))
+    num_heads: int = field(default=4, metadata=arg("attention heads (must divide --d_model)"))
     d_ff: int | None = field(default=None, metadata=arg("SwiGLU hidden size "
                                                         "(default: 8/3 * d_model up to a multiple of 64)"))
     rope_theta: float = field(default=10_000.0, metadata=arg("RoPE base frequency"))
@@ -48,7 +48,7 @@ class TrainConfig:
     # optimizer and schedule
     lr_max: float = field(default=1e-3, metadata=arg("peak learning rate, reached after warmup"))
     lr_min: float = field(default=1e-4, metadata=arg("final learning rate of the cosine decay"))
-    warmup_iters: int = field(default=100, metadata=arg("linear warmup iterations"))
+    warmup_iters: int = field(default=50, metadata=arg("linear warmup iterations"))
     weight_decay: float = field(default=0.1, metadata=arg("AdamW weight decay "
                                                                 "(not on norms/embeddings)"))
     betas: tuple[float, float] = field(default=(0.9, 0.95), metadata=arg("AdamW betas"))
@@ -56,9 +56,9 @@ class TrainConfig:
                                                             "to this; 0 disables"))
     grad_accum_steps: int = field(default=1, metadata=arg("micro-batches accumulated per optimizer step"))
     # run length and logging
-    max_iters: int = field(default=2000, metadata=arg("optimizer steps in the whole run"))
-    eval_interval: int = field(default=200, metadata=arg("iterations between validation passes"))
-    eval_iters: int = field(default=20, metadata=arg("validation batches per pass "
+    max_iters: int = field(default=1000, metadata=arg("optimizer steps in the whole run"))
+    eval_interval: int = field(default=100, metadata=arg("iterations between validation passes"))
+    eval_iters: int = field(default=10, metadata=arg("validation batches per pass "
                                                              "(the same ones every time)"))
     log_interval: int = field(default=10, metadata=arg("iterations between training-loss log lines"))
     seed: int = field(default=0, metadata=arg("seed for initialisation and batch sampling"))
@@ -69,7 +69,7 @@ class TrainConfig:
     # checkpoints
     checkpoint_path: str = field(default="runs/model.pt", metadata=arg("checkpoint file; the best one "
                                                                        "goes beside it as <stem>_best.pt"))
-    checkpoint_interval: int = field(default=1000, metadata=arg("iterations between checkpoints"))
+    checkpoint_interval: int = field(default=250, metadata=arg("iterations between checkpoints"))
     resume: bool = field(default=False, metadata=arg("continue exactly from --checkpoint_path"))
     # machine
     device: str = field(default="auto", metadata=arg("auto (cuda, then mps, then cpu), "
