@@ -6,12 +6,15 @@ The NCCL/GPU path is the same code with another backend and is not exercised her
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -180,17 +183,22 @@ def test_single_process_helpers_change_nothing():
 # --- two real ranks under torchrun (CPU, gloo) -------------------------------------------------------------
 
 
+def torchrun_command(*args: str, nproc: int = 2) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
+
+
+def torchrun_env() -> dict[str, str]:
+    """Our environment minus torchrun's variables (pytest may run under torchrun); one thread per rank."""
+    return {k: v for k, v in os.environ.items() if k not in TORCHRUN_ENV} | {"OMP_NUM_THREADS": "1"}
+
+
 def torchrun(*args: str, nproc: int = 2, timeout: float = 90) -> subprocess.CompletedProcess:
-    """Run `torchrun --standalone --nproc_per_node nproc ARGS` from the repository root, one thread per rank.
+    """Run `torchrun --standalone --nproc_per_node nproc ARGS` from the repository root.
 
     `timeout` only guards against a hang; a healthy job finishes in a few seconds.
     """
-    env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_ENV}
-    env["OMP_NUM_THREADS"] = "1"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    return subprocess.run(
-        [*command, *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout
-    )
+    return subprocess.run(torchrun_command(*args, nproc=nproc), cwd=REPO_ROOT, env=torchrun_env(),
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def test_ddp_keeps_ranks_identical_and_equal_to_one_process_on_the_whole_batch(tmp_path):
@@ -283,8 +291,16 @@ def test_two_ranks_train_like_one_process_with_the_global_batch(token_files, two
     assert one_val[-1] < one_val[0] < one_train[0]  # it learns: the curves compared are not flat
 
 
-def test_resume_under_two_ranks_continues_the_same_run(token_files, two_rank_run, tmp_path):
-    torchrun_train(train_flags(token_files, tmp_path, max_iters=10))
+@pytest.fixture(scope="module")
+def first_half(token_files, tmp_path_factory) -> Path:
+    """The first 10 of those 20 iterations, on 2 ranks; tests resume copies of it."""
+    run_dir = tmp_path_factory.mktemp("first_half")
+    torchrun_train(train_flags(token_files, run_dir, max_iters=10))
+    return run_dir
+
+
+def test_resume_under_two_ranks_continues_the_same_run(token_files, two_rank_run, first_half, tmp_path):
+    shutil.copytree(first_half, tmp_path, dirs_exist_ok=True)
     torchrun_train(train_flags(token_files, tmp_path, max_iters=20, resume=True))
     resumed_train, resumed_val = metrics(tmp_path)
     straight_train, straight_val = metrics(two_rank_run)
@@ -292,10 +308,10 @@ def test_resume_under_two_ranks_continues_the_same_run(token_files, two_rank_run
     np.testing.assert_allclose(resumed_val, straight_val, rtol=0, atol=1e-5)
 
 
-def test_a_one_process_checkpoint_resumes_on_two_ranks(token_files, two_rank_run, tmp_path):
-    """Same global batch, other number of processes: the run goes on as if nothing had changed."""
-    train_in_this_process(token_files, tmp_path, max_iters=10)
-    torchrun_train(train_flags(token_files, tmp_path, max_iters=20, resume=True))
+def test_a_two_rank_checkpoint_resumes_in_one_process(token_files, two_rank_run, first_half, tmp_path):
+    """Same global batch, another number of processes: the run goes on as if nothing had changed."""
+    shutil.copytree(first_half, tmp_path, dirs_exist_ok=True)
+    train_in_this_process(token_files, tmp_path, resume=True)
     np.testing.assert_allclose(metrics(tmp_path)[0], metrics(two_rank_run)[0], rtol=0, atol=1e-5)
 
 
@@ -311,24 +327,40 @@ def worker_pids(launcher_pid: int) -> dict[int, int]:
     return ranks
 
 
+@contextlib.contextmanager
+def endless_two_rank_run(token_files: dict[str, str], run_dir: Path) -> Iterator[subprocess.Popen]:
+    """A 2-rank run with no end in sight, in its own session (like a job in a terminal), yielded once it
+    has logged its first iteration; whatever is left of it is killed afterwards."""
+    flags = train_flags(token_files, run_dir, max_iters=1_000_000, eval_interval=1_000_000,
+                        checkpoint_interval=1_000_000)
+    with subprocess.Popen(torchrun_command("-m", "NLM.min_lm.scripts.train", *flags), cwd=REPO_ROOT,
+                          env=torchrun_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          start_new_session=True) as launcher:
+        try:
+            metrics_file = run_dir / "metrics.jsonl"
+            while not (metrics_file.is_file() and metrics_file.read_text()):
+                assert launcher.poll() is None, launcher.stdout.read()
+                time.sleep(0.1)
+            yield launcher
+        finally:
+            if launcher.poll() is None:
+                os.killpg(launcher.pid, signal.SIGKILL)
+
+
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds the ranks' processes through /proc")
 def test_a_rank_killed_mid_training_ends_the_job(token_files, tmp_path):
     """Like a rank taken by the out-of-memory killer: rank 0, waiting for it, must fail too, not hang."""
-    flags = train_flags(token_files, tmp_path, max_iters=1_000_000, eval_interval=1_000_000,
-                        checkpoint_interval=1_000_000)
-    env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_ENV} | {"OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               "-m", "NLM.min_lm.scripts.train", *flags]
-    with subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True) as launcher:
-        try:
-            metrics_file = tmp_path / "metrics.jsonl"
-            while not (metrics_file.is_file() and metrics_file.read_text()):  # until training is under way
-                assert launcher.poll() is None, launcher.stdout.read()
-                time.sleep(0.1)
-            os.kill(worker_pids(launcher.pid)[1], signal.SIGKILL)
-            output, _ = launcher.communicate(timeout=60)
-        finally:
-            launcher.terminate()  # torchrun then stops its ranks; a no-op once it has exited
+    with endless_two_rank_run(token_files, tmp_path) as launcher:
+        os.kill(worker_pids(launcher.pid)[1], signal.SIGKILL)
+        output, _ = launcher.communicate(timeout=60)
     assert launcher.returncode != 0
     assert "SIGKILL" in output, output[-3000:]
+
+
+def test_ctrl_c_stops_every_rank_and_saves_once(token_files, tmp_path):
+    with endless_two_rank_run(token_files, tmp_path) as launcher:
+        os.killpg(launcher.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches torchrun and every rank
+        output, _ = launcher.communicate(timeout=60)
+    saved = torch.load(tmp_path / "model.pt", weights_only=True)["iteration"]
+    assert f"stopped after iteration {saved}; checkpoint saved" in output, output[-3000:]
+    assert len(metrics(tmp_path)[0]) == saved  # metrics.jsonl and the checkpoint tell the same history
