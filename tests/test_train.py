@@ -213,3 +213,24 @@ def test_bfloat16_autocast_keeps_float32_weights(tmp_path, tokens):
     assert math.isfinite(result.final_val_loss)
     saved = torch.load(result.checkpoint_path, weights_only=False)
     assert all(t.dtype == torch.float32 for t in saved["model"].values())
+
+
+def test_model_options_do_not_change_the_numbers(tmp_path, tokens):
+    """Reference attention and activation recomputation are speed/memory switches, not different models."""
+    runs = {}
+    for name, options in {"sdpa": {}, "reference": {"attn_impl": "reference"},
+                          "checkpointed": {"gradient_checkpointing": True}}.items():
+        result = train(config(tmp_path / name, tokens, max_iters=3, eval_interval=3, **options))
+        runs[name] = train_losses(read_metrics(result.metrics_path))
+    for name in ("reference", "checkpointed"):
+        assert runs[name] == pytest.approx(runs["sdpa"], abs=1e-5), name
+
+
+def test_resume_ignores_metrics_logged_after_the_checkpoint(tmp_path, tokens):
+    """A crash after iteration 12 leaves lines 11-12 (one cut short) past the checkpoint of iteration 10."""
+    first = train(config(tmp_path, tokens, max_iters=10))
+    with open(first.metrics_path, "a") as f:
+        f.write('{"iter": 11, "loss": 1.0, "lr": 0.1, "tokens_per_s": 1, "elapsed": 1}\n{"iter": 12, "lo')
+    second = train(config(tmp_path, tokens, resume=True))
+    iters = [r["iter"] for r in read_metrics(second.metrics_path) if "loss" in r]
+    assert iters == list(range(1, 21))

@@ -27,8 +27,8 @@ class MetricsLog:
         self.wandb_run = wandb_run
         self.records: list[dict[str, Any]] = []
         if resume_from is not None and path.is_file():
-            lines = path.read_text(encoding="utf-8").splitlines()
-            self.records = [r for r in map(json.loads, filter(None, lines)) if r["iter"] <= resume_from]
+            records = _read_records(path.read_text(encoding="utf-8"))
+            self.records = [r for r in records if r["iter"] <= resume_from]
         atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in self.records))
 
     def write(self, record: dict[str, Any]) -> None:
@@ -37,6 +37,17 @@ class MetricsLog:
             f.write(json.dumps(record) + "\n")
         if self.wandb_run is not None:
             self.wandb_run.log({k: v for k, v in record.items() if k != "iter"}, step=record["iter"])
+
+
+def _read_records(text: str) -> list[dict[str, Any]]:
+    """Parse metrics.jsonl, skipping a last line cut short by a crash mid-write."""
+    records = []
+    for line in text.splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
 
 
 def start_wandb(project: str, config: dict[str, Any]) -> Any:
