@@ -221,10 +221,11 @@ def test_a_failing_rank_ends_the_whole_job(tmp_path):
 # --- the trainer under two ranks ----------------------------------------------------------------------------
 
 # A tiny model and a constant learning rate (warmup 0, lr_min = lr_max), so a run of 10 iterations resumed to
-# 20 follows the same schedule as a run of 20; log_interval 1 records every iteration's loss.
-TINY_RUN = dict(vocab_size=64, context_length=16, d_model=32, num_layers=2, num_heads=2, eval_interval=10,
-                eval_iters=2, log_interval=1, checkpoint_interval=10, warmup_iters=0, lr_max=1e-2,
-                lr_min=1e-2, seed=7, device="cpu", quiet=True)
+# 20 follows the same schedule as a run of 20; log_interval 1 records every iteration's loss; 2 micro-steps
+# per iteration, so DDP's no_sync path is part of every run.
+TINY_RUN = dict(vocab_size=64, context_length=16, d_model=32, num_layers=2, num_heads=2, grad_accum_steps=2,
+                eval_interval=10, eval_iters=2, log_interval=1, checkpoint_interval=10, warmup_iters=0,
+                lr_max=1e-2, lr_min=1e-2, seed=7, device="cpu", quiet=True)
 PER_RANK_BATCH = 2
 
 
