@@ -34,7 +34,8 @@ def cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
     logits are upcast to float32 so the sum over a large vocabulary keeps its precision.
     """
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-    row_max = logits.amax(dim=-1, keepdim=True)
+    # The loss does not depend on the shift, so no gradient needs to flow through the maximum.
+    row_max = logits.amax(dim=-1, keepdim=True).detach()
     log_sum_exp = (logits - row_max).exp().sum(dim=-1).log() + row_max.squeeze(-1)
     target_logit = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     return (log_sum_exp - target_logit).mean()
