@@ -365,3 +365,14 @@ def test_ctrl_c_stops_every_rank_and_saves_once(token_files, tmp_path):
     saved = torch.load(tmp_path / "model.pt", weights_only=True)["iteration"]
     assert f"stopped after iteration {saved}; checkpoint saved" in output, output[-3000:]
     assert len(metrics(tmp_path)[0]) == saved  # metrics.jsonl and the checkpoint tell the same history
+
+
+def test_a_user_mistake_under_torchrun_is_one_error_line_per_rank(token_files, tmp_path):
+    missing = tmp_path / "missing.npy"
+    flags = train_flags({**token_files, "val_tokens": str(missing)}, tmp_path, max_iters=2)
+    result = torchrun("-m", "NLM.min_lm.scripts.train", *flags, timeout=60)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 2 and all(f"--val_tokens {missing}: no such file" in line for line in errors)
+    assert "[rank0]: Traceback" not in result.stderr and "[rank1]: Traceback" not in result.stderr
+    assert not (tmp_path / "model.pt").exists()
