@@ -12,6 +12,8 @@ machine may be shared; each row's MB/s is UTF-8 bytes of input per second.
   long file settles at once its common words are cached.
 - GPT-2 regex alone: `regex.findall` of GPT-2's pre-tokenization pattern, the floor of any
   Python encoder that runs it over the whole text.
+- one pass over all of the stdlib (~30 MB, `--long_mb`): a fresh tokenizer and tiktoken each encode
+  it once, CPU time: how the caches fare on a large and diverse corpus.
 The `tokenize` command rows are wall time of `tokenize.run` on the same text written to a file
 (reading, encoding in `--workers` processes, writing the .npy; loading the tokenizer excluded),
 so they depend on how busy the machine is: the load average is printed and saved. Its "CPU" rows
@@ -90,6 +92,8 @@ def main() -> None:
     parser.add_argument("--mb", type=float, default=5.0)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--long_mb", type=float, default=40.0,
+                        help="also time one pass over this much stdlib text (all of it: ~30 MB); 0 skips")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
 
@@ -120,6 +124,19 @@ def main() -> None:
         pattern = regex.compile(GPT2_SPLIT_PATTERN)
         times["gpt2_regex_findall"].append(cpu_seconds(lambda p=pattern: p.findall(text))[0])
 
+    long: dict[str, float] = {}
+    if args.long_mb > 0:  # one pass, fresh tokenizer: the speed of encoding a large, diverse corpus
+        long_text, _ = stdlib_text(int(args.long_mb * 1e6))
+        long_bytes = len(long_text.encode("utf-8"))
+        seconds, reference_long = cpu_seconds(lambda: theirs.encode(long_text, allowed_special="all"))
+        long["tiktoken_long"] = long_bytes / 1e6 / seconds
+        fresh = BPETokenizer.from_files(vocab_path, merges_path, [EOT])
+        seconds, ids = cpu_seconds(lambda tok=fresh: tok.encode(long_text))
+        long["ours_one_pass_long"] = long_bytes / 1e6 / seconds
+        identical &= ids == reference_long
+        long["long_text_mb"] = long_bytes / 1e6
+        del long_text, reference_long, ids
+
     cli: dict[str, float] = {}
     cli_cpu: dict[str, float] = {}  # bytes per CPU-second of all processes, tokenizer load included
     with tempfile.TemporaryDirectory() as tmp:
@@ -147,6 +164,9 @@ def main() -> None:
         ("GPT-2 regex findall alone", mb_per_s["gpt2_regex_findall"]),
     ] + [(f"tokenize command, {name.split('_')[2]} worker(s), wall", v) for name, v in cli.items()]
     rows += [(f"tokenize command, {name.split('_')[2]} worker(s), CPU", v) for name, v in cli_cpu.items()]
+    if long:
+        rows += [(f"tiktoken, all {long['long_text_mb']:.0f} MB of stdlib", long["tiktoken_long"]),
+                 (f"ours, one pass over all {long['long_text_mb']:.0f} MB", long["ours_one_pass_long"])]
     load_average = os.getloadavg()
     print(f"load average during the run: {load_average[0]:.1f} on {os.cpu_count()} cores "
           "(wall-clock rows slow down on a busy machine; CPU-time rows much less)")
@@ -154,7 +174,8 @@ def main() -> None:
           f"ids identical to tiktoken: {identical}; tokenizer load {load_seconds:.2f} s")
     print(f"{'':44} {'MB/s':>7} {'vs tiktoken':>12}")
     for name, value in rows:
-        print(f"{name:44} {value:7.2f} {value / mb_per_s['tiktoken']:11.2f}x")
+        peer = long["tiktoken_long"] if "all" in name else mb_per_s["tiktoken"]
+        print(f"{name:44} {value:7.2f} {value / peer:11.2f}x")
 
     result = {
         "benchmark": "encode",
@@ -167,6 +188,8 @@ def main() -> None:
         "mb_per_s": mb_per_s | cli,
         "ratio_vs_tiktoken": {name: v / mb_per_s["tiktoken"] for name, v in (mb_per_s | cli).items()},
         "tokenize_cli_mb_per_cpu_s": cli_cpu,
+        "one_pass_over_all_stdlib": long | ({"ratio": long["ours_one_pass_long"] / long["tiktoken_long"]}
+                                            if long else {}),
         "timing": "single-process rows: best CPU time; tokenize command rows: best wall time",
         "load_average_1min_at_end": load_average[0],
     }
