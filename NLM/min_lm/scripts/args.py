@@ -120,7 +120,8 @@ def parse_config(cls: type[C], argv: Sequence[str] | None, prog: str, descriptio
     known, _ = pre.parse_known_args(argv)
     file_values = load_config_file(known.config, {f.name for f in fields}) if known.config else {}
 
-    parser = _OneLineParser(prog=prog, description=description)
+    parser = _OneLineParser(prog=prog, description=description,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="JSON or YAML file of option values; flags override it")
     for f in fields:
         if f.name in file_values:
