@@ -44,7 +44,8 @@ class TokenizeConfig:
     inputs: list[str] = field(metadata=arg("UTF-8 text files to encode"))
     vocab_path: str = field(metadata=arg("the tokenizer's vocab.json (GPT-2 format)"))
     merges_path: str = field(metadata=arg("the tokenizer's merges.txt (GPT-2 format)"))
-    output_dir: str = field(metadata=arg("where to write <input name>.npy for each input"))
+    output_dir: str = field(default="tokenized_data",
+                            metadata=arg("where to write <input name>.npy for each input"))
     special_tokens: list[str] = field(default_factory=lambda: ["<|endoftext|>"],
                                       metadata=arg("strings encoded as single tokens"))
     workers: int = field(default=1, metadata=arg("number of encoding processes"))
