@@ -64,3 +64,9 @@ def test_run_cli_turns_user_errors_into_one_line(capsys):
 
     assert run_cli(body) == 2
     assert capsys.readouterr().err == "error: data.txt: line 3: bad\n"
+
+
+def test_run_cli_exit_status_from_int_results_only():
+    assert run_cli(lambda: ["out/vocab.json"]) == 0
+    assert run_cli(lambda: None) == 0
+    assert run_cli(lambda: 3) == 3

@@ -146,10 +146,15 @@ def parse_config(cls: type[C], argv: Sequence[str] | None, prog: str, descriptio
         parser.error(str(e))
 
 
-def run_cli(fn: Callable[[], int | None]) -> int:
-    """Run a command's body, turning user mistakes into one `error:` line and exit status 2."""
+def run_cli(fn: Callable[[], object]) -> int:
+    """Run a command's body, turning user mistakes into one `error:` line and exit status 2.
+
+    The body's return value is the exit status when it is an int (a command's own failure code);
+    anything else (e.g. the paths a `run()` wrote) means success.
+    """
     try:
-        return fn() or 0
+        result = fn()
+        return result if isinstance(result, int) and not isinstance(result, bool) else 0
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -50,7 +50,7 @@ def run(config: ExportConfig) -> str:
 def main(argv: list[str] | None = None, prog: str = "python -m NLM.min_lm.scripts.export_hf") -> int:
     config = parse_config(ExportConfig, argv, prog, __doc__)
     # run() returns the written path for library callers; the command's exit status is 0.
-    return run_cli(lambda: run(config) and 0)
+    return run_cli(lambda: run(config))
 
 
 if __name__ == "__main__":

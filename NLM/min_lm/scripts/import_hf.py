@@ -34,7 +34,7 @@ def run(config: ImportConfig) -> str:
 def main(argv: list[str] | None = None, prog: str = "python -m NLM.min_lm.scripts.import_hf") -> int:
     config = parse_config(ImportConfig, argv, prog, __doc__)
     # run() returns the written path for library callers; the command's exit status is 0.
-    return run_cli(lambda: run(config) and 0)
+    return run_cli(lambda: run(config))
 
 
 if __name__ == "__main__":

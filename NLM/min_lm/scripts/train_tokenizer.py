@@ -68,7 +68,7 @@ def run(config: TrainTokenizerConfig) -> tuple[Path, Path]:
 def main(argv: list[str] | None = None, prog: str = "python -m NLM.min_lm.scripts.train_tokenizer") -> int:
     config = parse_config(TrainTokenizerConfig, argv, prog, __doc__)
     # run() returns the written paths for library callers; the command's exit status is 0.
-    return run_cli(lambda: run(config) and 0)
+    return run_cli(lambda: run(config))
 
 
 if __name__ == "__main__":

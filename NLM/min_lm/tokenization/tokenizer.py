@@ -34,7 +34,7 @@ import regex
 
 from NLM.min_lm.errors import UserError
 from NLM.min_lm.fileio import atomic_path
-from NLM.min_lm.tokenization.pretokenize import GPT2_REGEX, special_token_regex
+from NLM.min_lm.tokenization.pretokenize import GPT2_ASCII_REGEX, GPT2_REGEX, special_token_regex
 
 # --------------------------------------------------------------------------------------------------
 # GPT-2's printable form of bytes
@@ -99,15 +99,6 @@ WHITESPACE = "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f
 # regex looks neither behind nor past the whitespace that follows, the text on each side splits
 # the same way on its own.
 _CHUNK_RE = re.compile(f"[{WHITESPACE}]?[^{WHITESPACE}]+|[{WHITESPACE}]+(?![^{WHITESPACE}])")
-
-# GPT-2's pattern for ASCII-only text, where \p{L} is [A-Za-z], \p{N} is [0-9] and \s is the six
-# characters below. Python's `re` runs it with a third of the per-call cost of `regex`, which
-# matters because most chunks are short and ASCII.
-_ASCII_SPACE = "\t\n\x0b\x0c\r "
-GPT2_ASCII_REGEX = re.compile(
-    f"'(?:[sdmt]|ll|ve|re)| ?[A-Za-z]+| ?[0-9]+| ?[^{_ASCII_SPACE}A-Za-z0-9]+"
-    f"|[{_ASCII_SPACE}]+(?![^{_ASCII_SPACE}])|[{_ASCII_SPACE}]+"
-)
 
 # The last place where non-whitespace meets whitespace, a safe place to cut a stream: searching
 # backwards from the end, `match.end()` is that place.
