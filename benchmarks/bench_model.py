@@ -260,6 +260,8 @@ def measured_bf16_peak_flops(n: int = 8192, repeats: int = 10) -> float:
         end.record()
         torch.cuda.synchronize()
         best = min(best, start.elapsed_time(end) / 1000)
+    del a, b
+    torch.cuda.empty_cache()  # give the memory back before the training runs
     return 2 * n**3 / best
 
 
