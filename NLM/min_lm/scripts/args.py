@@ -118,10 +118,12 @@ def parse_config(cls: type[C], argv: Sequence[str] | None, prog: str, descriptio
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config")
     known, _ = pre.parse_known_args(argv)
-    file_values = load_config_file(known.config, {f.name for f in fields}) if known.config else {}
-
     parser = _OneLineParser(prog=prog, description=description,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
+    try:
+        file_values = load_config_file(known.config, {f.name for f in fields}) if known.config else {}
+    except UserError as e:
+        parser.error(str(e))
     parser.add_argument("--config", help="JSON or YAML file of option values; flags override it")
     for f in fields:
         if f.name in file_values:
