@@ -65,6 +65,10 @@ def train(config: TrainConfig) -> TrainResult:
     ctx, device = setup_distributed(config.device)
     try:
         return Trainer(config, ctx, device).run()
+    except UserError as e:
+        if ctx.enabled:  # under torchrun every rank prints its own error: say whose it is
+            e.args = (f"[rank {ctx.rank}] {e}",)
+        raise
     finally:
         teardown(ctx)
 
