@@ -234,3 +234,20 @@ def test_resume_ignores_metrics_logged_after_the_checkpoint(tmp_path, tokens):
     second = train(config(tmp_path, tokens, resume=True))
     iters = [r["iter"] for r in read_metrics(second.metrics_path) if "loss" in r]
     assert iters == list(range(1, 21))
+
+
+def test_init_from_starts_a_new_run_from_given_weights(tmp_path, tokens):
+    """Fine-tuning: the weights come from the checkpoint; iteration count, optimizer and schedule start over."""
+    source = train(config(tmp_path / "src", tokens, max_iters=5))
+    weights = torch.load(source.checkpoint_path, weights_only=True)["model"]
+    zero_steps = config(tmp_path / "ft", tokens, init_from=str(source.checkpoint_path), max_iters=1,
+                        lr_max=0.0, lr_min=0.0, weight_decay=0.0)
+    result = train(zero_steps)  # a learning rate of 0 leaves the loaded weights as they are
+    assert result.iterations == 1
+    tuned = torch.load(result.checkpoint_path, weights_only=True)
+    assert tuned["iteration"] == 1
+    assert all(torch.equal(tuned["model"][k], v) for k, v in weights.items())
+    with pytest.raises(UserError, match="--init_from: .*model.pt has d_model 32, but --d_model is 64"):
+        train(config(tmp_path / "bad", tokens, init_from=str(source.checkpoint_path), d_model=64))
+    with pytest.raises(UserError, match="exclude each other"):
+        config(tmp_path, tokens, init_from=str(source.checkpoint_path), resume=True)

@@ -71,6 +71,8 @@ class TrainConfig:
                                                                        "goes beside it as <stem>_best.pt"))
     checkpoint_interval: int = field(default=250, metadata=arg("iterations between checkpoints"))
     resume: bool = field(default=False, metadata=arg("continue exactly from --checkpoint_path"))
+    init_from: str | None = field(default=None, metadata=arg("start from this checkpoint's weights only "
+                                                             "(fine-tuning, e.g. after minlm import-hf)"))
     # machine
     device: str = field(default="auto", metadata=arg("auto (cuda, then mps, then cpu), "
                                                      "cpu, cuda, cuda:N or mps"))
@@ -112,6 +114,9 @@ class TrainConfig:
             raise UserError(f"--attn_impl must be one of {', '.join(ATTN_IMPLS)}, got {self.attn_impl!r}")
         if self.dtype not in DTYPES:
             raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.resume and self.init_from is not None:
+            raise UserError("--resume and --init_from exclude each other: resume continues a run, "
+                            "init_from starts a new one from given weights")
         if Path(self.checkpoint_path).suffix == "" or Path(self.checkpoint_path).name.startswith("."):
             raise UserError(f"--checkpoint_path needs a file name with an extension, e.g. runs/model.pt, "
                             f"got {self.checkpoint_path!r}")

@@ -50,7 +50,7 @@ from NLM.min_lm.transformer import (
     param_groups,
     save_checkpoint,
 )
-from NLM.min_lm.transformer.checkpoint import read_checkpoint
+from NLM.min_lm.transformer.checkpoint import clean_state_dict, read_checkpoint
 
 # the model's shape: a checkpoint can only be resumed by a run that builds the same one
 _SHAPE_FIELDS = ("vocab_size", "context_length", "d_model", "num_layers", "num_heads", "d_ff")
@@ -109,6 +109,8 @@ class Trainer:
         self.session_start = time.perf_counter()
         if c.resume:
             self._resume()
+        elif c.init_from is not None:
+            self._init_weights(Path(c.init_from))
 
         # 4. what runs the steps: optionally compiled, wrapped for data parallelism; the bare
         #    `self.model` shares its parameters and is what checkpoints store
@@ -179,6 +181,21 @@ class Trainer:
                         best_val_loss=self.best_val_loss if math.isfinite(self.best_val_loss) else None,
                         elapsed=self.elapsed())
 
+    def _check_shape(self, saved: dict[str, Any], path: Path, flag: str) -> None:
+        """A checkpoint fits only a model of the same shape; name the first flag that differs."""
+        for name in _SHAPE_FIELDS:
+            theirs, ours = saved["model_config"][name], getattr(self.config, name)
+            if theirs != ours:
+                raise UserError(f"{flag}: {path} has {name} {theirs}, but --{name} is {ours}")
+
+    def _init_weights(self, path: Path) -> None:
+        """Fine-tuning: take the weights of `path`, start a fresh optimizer, schedule and iteration count."""
+        saved = read_checkpoint(path)
+        if "model_config" not in saved:
+            raise UserError(f"--init_from: {path} stores no model config")
+        self._check_shape(saved, path, "--init_from")
+        self.model.load_state_dict(clean_state_dict(saved["model"]))
+
     def _resume(self) -> None:
         """Load model, optimizer, RNG states and sampler position; every process loads the same file."""
         path = Path(self.config.checkpoint_path)
@@ -187,10 +204,7 @@ class Trainer:
         saved = read_checkpoint(path)  # the extra fields; load_checkpoint below restores the states
         if "sampler_state" not in saved:
             raise UserError(f"--resume: {path} holds no training state (was it written by minlm train?)")
-        for name in _SHAPE_FIELDS:
-            theirs, ours = saved["model_config"][name], getattr(self.config, name)
-            if theirs != ours:
-                raise UserError(f"--resume: {path} has {name} {theirs}, but --{name} is {ours}")
+        self._check_shape(saved, path, "--resume")
         self.iteration = load_checkpoint(path, self.model, self.optimizer)
         if self.iteration >= self.config.max_iters:
             raise UserError(f"--resume: {path} is already at iteration {self.iteration}; "
