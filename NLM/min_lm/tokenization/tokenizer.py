@@ -14,7 +14,8 @@ runs at ~40 MB/s, while GPT-2's pattern (with `\\p{L}`, `\\p{N}` classes) runs a
 chunk holds several pre-tokens, so there are fewer lookups. Chunking never changes the result,
 because GPT-2's pre-tokens never cross a chunk boundary (see `_CHUNK_RE`). Only a chunk we have
 not seen goes through the regex and the merge loop; after that it costs one dict lookup. The
-caches have a size limit so that streaming a huge file cannot grow memory without bound.
+caches (`_Cache`) compute what they lack themselves, so encoding known text is one C loop of
+lookups, and they have a size limit so that streaming a huge file cannot grow memory without bound.
 
 `encode_iterable` streams: it encodes the text it has up to the last point where the rest of the
 stream cannot change the result (`_last_safe_cut`), and holds back only the tail after it.
@@ -25,7 +26,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from functools import cache
 from itertools import chain, pairwise
 from pathlib import Path
@@ -86,6 +87,34 @@ def from_printable(text: str) -> bytes:
 # Chunks: the cached unit of encoding
 # --------------------------------------------------------------------------------------------------
 
+
+class _Cache(dict):
+    """A bounded text -> ids cache that fills itself: `cache[text]` computes a missing entry.
+
+    Being a dict, a hit is a plain C-level lookup, so `map(cache.__getitem__, texts)` runs at dict
+    speed and Python code runs only on a miss (`__missing__`). When `max_size` entries are held,
+    they become the previous generation and the cache starts empty; an entry asked for again moves
+    back from there at the cost of a lookup, the rest are dropped at the next turnover (roughly
+    least-recently-used, with no bookkeeping on hits). So at most 2 * max_size entries are kept.
+    """
+
+    def __init__(self, compute: Callable[[str], tuple[int, ...]], max_size: int) -> None:
+        super().__init__()
+        self._compute = compute
+        self._max_size = max_size
+        self._previous: dict[str, tuple[int, ...]] = {}
+
+    def __missing__(self, text: str) -> tuple[int, ...]:
+        ids = self._previous.get(text)
+        if ids is None:
+            ids = self._compute(text)
+        if len(self) >= self._max_size:
+            self._previous = dict(self)
+            self.clear()
+        self[text] = ids
+        return ids
+
+
 # The characters the `regex` module (and tiktoken) count as `\s`: Unicode's White_Space. Python's
 # `re` also counts U+001C..U+001F, so we spell the class out instead of writing `\s`.
 WHITESPACE = "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
@@ -118,8 +147,8 @@ class BPETokenizer:
     are not safe to use from several threads at once.
     """
 
-    #: Maximum number of cached chunks per cache generation (two are kept) and of cached
-    #: out-of-vocab pre-tokens: this bounds memory whatever the input.
+    #: Maximum number of cached chunks, and of cached pre-tokens, per cache generation (two are
+    #: kept, see `_Cache`): this bounds memory whatever the input.
     CACHE_SIZE = 1 << 17
     #: `encode_iterable` encodes in blocks of about this many characters.
     BLOCK_CHARS = 1 << 20
@@ -156,8 +185,8 @@ class BPETokenizer:
                              "a byte-level BPE vocab holds all 256")
         self._byte_ids = [self._token_to_id[bytes([b])] for b in range(256)]
 
-        # Text -> id for the tokens that are a whole GPT-2 pre-token on their own: a chunk or a
-        # pre-token found here needs neither the regex nor the merge loop (tiktoken does the same).
+        # Text -> id for the tokens that are a whole GPT-2 pre-token on their own: a pre-token
+        # found here needs no merge loop (tiktoken does the same).
         self._whole_token_ids: dict[str, int] = {}
         for token, token_id in self._token_to_id.items():
             try:
@@ -177,9 +206,8 @@ class BPETokenizer:
             self._merge_rank.setdefault((ids[0], ids[1]), rank)
             self._merged_id.append(ids[2])
 
-        self._chunk_cache: dict[str, tuple[int, ...]] = {}
-        self._previous_chunk_cache: dict[str, tuple[int, ...]] = {}
-        self._pretoken_cache: dict[str, tuple[int, ...]] = {}
+        self._chunk_ids = _Cache(self._encode_chunk, self.CACHE_SIZE)
+        self._pretoken_ids = _Cache(self._encode_pretoken, self.CACHE_SIZE)
 
     # ---------------------------------------------------------------------------------- files
 
@@ -286,48 +314,24 @@ class BPETokenizer:
         return ids
 
     def _encode_ordinary(self, text: str) -> list[int]:
-        """Encode text that holds no special tokens, looking each chunk up in the cache.
+        """Encode text that holds no special tokens: the ids of its chunks, each from the cache.
 
-        Everything on the common path runs in C loops (findall, set, map, chain); Python code runs
-        only once per distinct chunk not yet cached.
+        Everything here runs in C loops (findall, map, chain); Python code runs only for a chunk
+        the cache lacks.
         """
-        chunks = _CHUNK_RE.findall(text)
-        cached = self._chunk_cache
-        new = set(chunks).difference(cached)
-        if new:
-            if len(cached) + len(new) > self.CACHE_SIZE:
-                # A full cache becomes the previous generation and a fresh one starts. Chunks
-                # still in use move over at the cost of a lookup; the rest go at the next turnover
-                # (roughly least-recently-used, with no bookkeeping on the fast path).
-                self._previous_chunk_cache = cached
-                cached = self._chunk_cache = {}
-                new = set(chunks)
-            previous = self._previous_chunk_cache
-            for chunk in new:
-                ids = previous.get(chunk)
-                cached[chunk] = ids if ids is not None else self._encode_chunk(chunk)
-        return list(chain.from_iterable(map(cached.__getitem__, chunks)))
+        return list(chain.from_iterable(map(self._chunk_ids.__getitem__, _CHUNK_RE.findall(text))))
 
     def _encode_chunk(self, chunk: str) -> tuple[int, ...]:
-        """Encode one chunk: split it into GPT-2 pre-tokens and merge each one."""
-        whole = self._whole_token_ids
-        token_id = whole.get(chunk)
+        """Encode one chunk: split it into GPT-2 pre-tokens and look each one up in its cache."""
+        pattern = GPT2_ASCII_REGEX if chunk.isascii() else GPT2_REGEX
+        return tuple(chain.from_iterable(map(self._pretoken_ids.__getitem__, pattern.findall(chunk))))
+
+    def _encode_pretoken(self, pretoken: str) -> tuple[int, ...]:
+        """Encode one pre-token: a whole vocab entry directly, anything else with the merges."""
+        token_id = self._whole_token_ids.get(pretoken)
         if token_id is not None:
             return (token_id,)
-        ids: list[int] = []
-        for pretoken in (GPT2_ASCII_REGEX if chunk.isascii() else GPT2_REGEX).findall(chunk):
-            token_id = whole.get(pretoken)
-            if token_id is not None:
-                ids.append(token_id)
-                continue
-            merged = self._pretoken_cache.get(pretoken)
-            if merged is None:
-                if len(self._pretoken_cache) >= self.CACHE_SIZE:
-                    self._pretoken_cache.clear()
-                token = pretoken.encode("utf-8", errors="surrogatepass")
-                merged = self._pretoken_cache[pretoken] = tuple(self._merge(token))
-            ids += merged
-        return tuple(ids)
+        return tuple(self._merge(pretoken.encode("utf-8", errors="surrogatepass")))
 
     def _merge(self, token: bytes) -> list[int]:
         """Apply the merges to one pre-token's bytes: merge the lowest-ranked adjacent pair (the
