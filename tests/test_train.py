@@ -237,7 +237,7 @@ def test_resume_ignores_metrics_logged_after_the_checkpoint(tmp_path, tokens):
 
 
 def test_init_from_starts_a_new_run_from_given_weights(tmp_path, tokens):
-    """Fine-tuning: the weights come from the checkpoint; iteration count, optimizer and schedule start over."""
+    """Fine-tuning: weights come from the checkpoint; iteration count, optimizer and schedule start over."""
     source = train(config(tmp_path / "src", tokens, max_iters=5))
     weights = torch.load(source.checkpoint_path, weights_only=True)["model"]
     zero_steps = config(tmp_path / "ft", tokens, init_from=str(source.checkpoint_path), max_iters=1,
