@@ -64,7 +64,7 @@ class Preset:
 
 # Tuned on 2 CPU cores for the best validation loss within the time budget (see the README).
 DEFAULT = Preset(max_bytes=10_000_000, vocab_size=4096, context_length=256, d_model=128, num_layers=4,
-                 num_heads=4, batch_size=16, max_iters=500, lr_max=3e-3, sample_tokens=200)
+                 num_heads=4, batch_size=16, max_iters=500, lr_max=5e-3, sample_tokens=200)
 TINY = Preset(max_bytes=300_000, vocab_size=512, context_length=64, d_model=64, num_layers=2, num_heads=4,
               batch_size=16, max_iters=150, lr_max=5e-3, sample_tokens=60)
 
@@ -93,7 +93,8 @@ class QuickstartConfig:
     lr_max: float | None = _size("lr_max", "peak learning rate")
     sample_tokens: int | None = _size("sample_tokens", "new tokens per sample")
     num_samples: int = field(default=3, metadata=arg("samples to generate at the end"))
-    prompt: str = field(default="", metadata=arg("text the samples start with (after <|endoftext|>)"))
+    prompt: str = field(default="", metadata=arg("text the samples start with, after <|endoftext|> "
+                                                 "(empty: unconditional samples)"))
     temperature: float = field(default=0.8, metadata=arg("sampling temperature"))
     top_p: float = field(default=0.95, metadata=arg("nucleus sampling threshold"))
     seed: int = field(default=0, metadata=arg("seed for the corpus order, training and sampling"))
