@@ -1,7 +1,7 @@
 """The whole pipeline in one command, offline: corpus -> tokenizer -> token ids -> model -> samples.
 
     minlm quickstart                  # the default run: ~6 minutes on 2 CPU cores
-    minlm quickstart --tiny           # ~20 seconds: a tiny corpus and model, every stage once
+    minlm quickstart --tiny           # ~10 seconds: a tiny corpus and model, every stage once
     minlm quickstart --data a.txt     # your own UTF-8 text instead of the built-in corpus
 
 The built-in corpus is the Python standard library's own source code, read from this Python's
@@ -63,8 +63,8 @@ class Preset:
 
 
 # Tuned on 2 CPU cores for the best validation loss within the time budget (see the README).
-DEFAULT = Preset(max_bytes=10_000_000, vocab_size=4096, context_length=256, d_model=128, num_layers=4,
-                 num_heads=4, batch_size=16, max_iters=500, lr_max=5e-3, sample_tokens=200)
+DEFAULT = Preset(max_bytes=12_000_000, vocab_size=4096, context_length=256, d_model=128, num_layers=4,
+                 num_heads=4, batch_size=16, max_iters=800, lr_max=5e-3, sample_tokens=200)
 TINY = Preset(max_bytes=300_000, vocab_size=512, context_length=64, d_model=64, num_layers=2, num_heads=4,
               batch_size=16, max_iters=150, lr_max=5e-3, sample_tokens=60)
 
@@ -80,7 +80,7 @@ class QuickstartConfig:
     out_dir: str = field(default="runs/quickstart", metadata=arg("folder for everything the run makes"))
     data: list[str] | None = field(default=None, metadata=arg(
         "UTF-8 text files to train on (default: the Python standard library's .py files)"))
-    tiny: bool = field(default=False, metadata=arg("a ~20-second run: tiny corpus and model"))
+    tiny: bool = field(default=False, metadata=arg("a ~10-second run: tiny corpus and model"))
     include_tests: bool = field(default=False, metadata=arg("also use the standard library's test suites"))
     max_bytes: int | None = _size("max_bytes", "corpus size cap in bytes")
     vocab_size: int | None = _size("vocab_size", "tokenizer vocabulary size")
