@@ -278,7 +278,7 @@ def format_summary(s: dict, out_dir: Path) -> str:
         [f"quickstart done; everything is in {out_dir}/"]
         + [f"  {name:<{width}}  {value}" for name, value in rows]
         + ["next:", f"  minlm generate --checkpoint {f['checkpoint']} --vocab_path {f['vocab']} "
-                    f"--merges_path {f['merges']} --prompt 'def ' --temperature 0.8 --top_p 0.95"]
+                    f"--merges_path {f['merges']} --prompt 'def parse(' --temperature 0.8 --top_p 0.95"]
     )
 
 
