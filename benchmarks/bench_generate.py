@@ -150,7 +150,8 @@ def main() -> None:
     result = {
         "benchmark": "bench_generate",
         "machine": machine_info(device),
-        "config": vars(args) | {"parameters": model.num_parameters()},
+        "config": {k: v for k, v in vars(args).items() if k != "out"}
+        | {"parameters": model.num_parameters()},
         "results": [{"name": name, "seconds": s, "tokens_per_s": n / s} for name, s in rows],
         "cache_speedup_over_full_recompute": full_s / cached_s,
         "cache_and_full_recompute_give_the_same_tokens": same_tokens,
