@@ -50,6 +50,9 @@ def test_read_documents_caps_bytes_at_a_line_break(tmp_path):
     assert list(read_documents([a, b], 8 + 13, skip_undecodable=False)) == ["one\ntwo\n", "three\nfour\n"]
     assert list(read_documents([a, b], 8, skip_undecodable=False)) == ["one\ntwo\n"]
     assert list(read_documents([bad, a], 100, skip_undecodable=True)) == ["one\ntwo\n"]
+    long_line = tmp_path / "long.txt"
+    long_line.write_text("é" * 10)  # 20 bytes, no line break: the cap at 5 bytes splits the 3rd "é"
+    assert list(read_documents([long_line], 5, skip_undecodable=False)) == ["éé"]
     with pytest.raises(UserError, match="bad.txt is not UTF-8"):
         list(read_documents([bad], 100, skip_undecodable=False))
 

@@ -11,6 +11,7 @@ valid.txt, the documents joined by the end-of-text token, the last ~5% held out 
 
 from __future__ import annotations
 
+import codecs
 import random
 import sysconfig
 from collections.abc import Iterable, Iterator
@@ -67,7 +68,6 @@ def read_documents(paths: Iterable[Path], max_bytes: int, *, skip_undecodable: b
     A file that is not UTF-8 is skipped when `skip_undecodable` (the stdlib has a few deliberately
     mis-encoded ones), else it is an error naming the file.
     """
-    paths = list(paths)
     budget = max_bytes
     bar = tqdm(total=max_bytes, unit="B", unit_scale=True, desc="corpus", disable=not progress)
     with bar:
@@ -75,14 +75,15 @@ def read_documents(paths: Iterable[Path], max_bytes: int, *, skip_undecodable: b
             if budget <= 0:
                 break
             try:
-                data = path.read_bytes()
+                with open(path, "rb") as f:
+                    data = f.read(budget + 1)  # never more than the cap, even from a huge file
             except IsADirectoryError:
                 raise UserError(f"--data: {path} is a directory, not a text file") from None
             if len(data) > budget:
                 cut = data.rfind(b"\n", 0, budget)
                 data = data[: cut + 1 if cut > 0 else budget]
-            try:
-                text = data.decode("utf-8")
+            try:  # an incremental decoder drops a character cut in two by the cap instead of failing
+                text = codecs.getincrementaldecoder("utf-8")().decode(data)
             except UnicodeDecodeError as e:
                 if skip_undecodable:
                     continue
