@@ -193,12 +193,17 @@ def test_bad_checkpoints_raise_user_error_naming_the_file(tmp_path):
     garbage.write_bytes(b"not a checkpoint at all")
     foreign = tmp_path / "foreign.pt"
     torch.save({"weights": torch.zeros(2)}, foreign)
-    for path in (truncated, garbage, foreign, tmp_path / "missing.pt"):
-        with pytest.raises(UserError, match=path.name):
+    json_file = tmp_path / "config.json"
+    json_file.write_text('{"d_model": 64}\n')
+    for path in (truncated, garbage, foreign, json_file, tmp_path / "missing.pt"):
+        with pytest.raises(UserError, match=path.name) as error:
             load_checkpoint(path, model, None)
-    with pytest.raises(UserError, match="good.pt"):  # shape mismatch
+        assert "\n" not in str(error.value)  # one line for the command-line error
+    with pytest.raises(UserError, match="good.pt does not match the model: ") as error:
         load_checkpoint(good, TransformerLM(30, 16, 8, 1, 2, 16), None)
+    assert "\n" not in str(error.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "config.json",
         "foreign.pt",
         "garbage.pt",
         "good.pt",

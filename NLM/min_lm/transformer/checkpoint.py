@@ -115,7 +115,9 @@ def read_checkpoint(src: str | os.PathLike) -> dict[str, Any]:
         checkpoint = torch.load(src, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises RuntimeError, EOFError, UnpicklingError, ... for bad files
         raise UserError(
-            f"checkpoint {src} is truncated or not a min_lm checkpoint ({type(e).__name__}: {e})"
+            # torch's own message can run to many lines; its first says what went wrong
+            f"checkpoint {src} is truncated or not a min_lm checkpoint "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
         ) from e
     if not isinstance(checkpoint, dict) or "model" not in checkpoint or "iteration" not in checkpoint:
         raise UserError(f"checkpoint {src} is not a min_lm checkpoint (no 'model' / 'iteration' entries)")
@@ -126,7 +128,11 @@ def _load_model_state(model: nn.Module, state_dict: dict[str, torch.Tensor], src
     try:
         unwrap_model(model).load_state_dict(clean_state_dict(state_dict))
     except RuntimeError as e:
-        raise UserError(f"checkpoint {src} does not match the model: {e}") from e
+        # torch lists every mismatch on its own line under a header; the first one tells the story
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        first = lines[1] if len(lines) > 1 else lines[0]
+        more = f" (and {len(lines) - 2} more)" if len(lines) > 2 else ""
+        raise UserError(f"checkpoint {src} does not match the model: {first}{more}") from e
 
 
 def load_checkpoint(src: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> int:
