@@ -35,7 +35,9 @@ def files(tmp_path_factory) -> dict[str, Path]:
     torch.manual_seed(0)
     save_checkpoint(TransformerLM(len(tokenizer), 24, 32, 2, 4, 64), None, 0, paths["checkpoint"])
     paths["wrong_vocab"] = root / "wrong.pt"
-    save_checkpoint(TransformerLM(len(tokenizer) + 1, 24, 32, 2, 4, 64), None, 0, paths["wrong_vocab"])
+    save_checkpoint(TransformerLM(len(tokenizer) - 1, 24, 32, 2, 4, 64), None, 0, paths["wrong_vocab"])
+    paths["padded"] = root / "padded.pt"  # more rows than tokens, as with GPT-2's 50257 padded to 50304
+    save_checkpoint(TransformerLM(len(tokenizer) + 40, 24, 32, 2, 4, 64), None, 0, paths["padded"])
     paths["truncated"] = root / "truncated.pt"
     paths["truncated"].write_bytes(paths["checkpoint"].read_bytes()[:3000])
     return paths
@@ -78,6 +80,19 @@ def test_seed_reproduces_and_samples_are_batched(files, capsys):
     batch = sample("--seed", "3", "--num_samples", "3", "--temperature", "0.7")
     assert [line for line in batch.splitlines() if line.startswith("--- sample")] == [
         f"--- sample {i} of 3 ---" for i in (1, 2, 3)]
+
+
+def test_a_padded_model_vocabulary_only_samples_the_tokenizers_ids(files, capsys):
+    model, _ = load_model(files["padded"])
+    with torch.no_grad():  # make the padding rows the most likely: they must still never be sampled
+        model.lm_head.weight[-40:] = 10 * model.lm_head.weight[:40]
+    n_tokens = len(BPETokenizer.from_files(files["vocab"], files["merges"], [EOS]))
+    ids = generate(model, [1, 2, 3], 40, temperature=1.0, vocab_limit=n_tokens,
+                   generator=torch.Generator().manual_seed(0))
+    assert ids.max().item() < n_tokens
+    assert main(flags(files, "--prompt", "The fox", "--max_tokens", "20", "--seed", "0",
+                      checkpoint="padded")) == 0
+    assert capsys.readouterr().out.startswith("The fox")
 
 
 @pytest.mark.parametrize(

@@ -69,7 +69,10 @@ def load_tokenizer(vocab_path: str, merges_path: str, special_tokens: list[str])
 
 
 def check_vocab_sizes(tokenizer: BPETokenizer, model: TransformerLM, config: GenerateConfig) -> None:
-    if len(tokenizer) != model.config.vocab_size:
+    """A model may have more rows than its tokenizer has tokens (a padded vocabulary, or --vocab_size set
+    above what the tokenizer reached); generation then samples only the tokenizer's ids. Fewer rows means
+    the tokenizer was not the model's."""
+    if len(tokenizer) > model.config.vocab_size:
         raise UserError(
             f"the tokenizer ({config.vocab_path}: {len(tokenizer)} tokens with special tokens "
             f"{config.special_tokens}) does not match the model ({config.checkpoint}: vocab_size "
@@ -105,7 +108,7 @@ def run(config: GenerateConfig) -> list[str]:
 
     prompt = torch.tensor([prompt_ids] * config.num_samples, dtype=torch.long)
     ids = generate(model, prompt, config.max_tokens, config.temperature, config.top_p, config.top_k,
-                   eos_id, generator=generator, on_token=on_token)
+                   eos_id, generator=generator, on_token=on_token, vocab_limit=len(tokenizer))
 
     texts = []
     for row in ids.tolist():

@@ -129,6 +129,7 @@ def generate(
     generator: torch.Generator | None = None,
     use_cache: bool = True,
     on_token: Callable[[list[int]], None] | None = None,
+    vocab_limit: int | None = None,
 ) -> Tensor:
     """Continue `prompt_ids` by up to `max_new_tokens` tokens; return prompt + new ids.
 
@@ -140,6 +141,8 @@ def generate(
     generator: a torch.Generator on the model's device, for reproducible sampling.
     use_cache: False recomputes the whole window every step (the slow reference).
     on_token: called after each step with the new ids, one per row, for streaming.
+    vocab_limit: sample only ids below it, for a model whose vocabulary is padded past its tokenizer's
+    (e.g. 50304 rows for GPT-2's 50257 tokens): ids the tokenizer cannot decode are never produced.
 
     The model is put in eval mode for the call and restored to its previous mode afterwards.
     """
@@ -163,6 +166,8 @@ def generate(
             next_logits = _full_recompute(model)
         while length < total_len:
             logits = next_logits(ids[:, :length])
+            if vocab_limit is not None:
+                logits[:, vocab_limit:] = -torch.inf
             token = sample_next(logits, temperature, top_p, top_k, generator)
             if eos_id is not None:
                 token = token.masked_fill(finished, eos_id)
