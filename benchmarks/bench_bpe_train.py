@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import sysconfig
@@ -34,7 +33,10 @@ import tempfile
 import threading
 import time
 import warnings
+from importlib.metadata import version
 from pathlib import Path
+
+from machine import machine_info
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_bpe_train.json"
 SPECIAL = "<|endoftext|>"
@@ -172,24 +174,6 @@ def agreement(ours: list, theirs: list) -> dict:
     return {"common_prefix": prefix, "set_overlap_first_n": overlap}
 
 
-def machine_info() -> dict:
-    import tokenizers
-    import torch
-
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {
-        "platform": platform.platform(),
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "tokenizers": tokenizers.__version__,
-    }
 
 
 def main() -> None:
@@ -283,7 +267,7 @@ def main() -> None:
         "vocab_size": args.vocab_size,
         "special_tokens": [SPECIAL],
         "repeats": args.repeats,
-        "machine": machine_info(),
+        "machine": machine_info(tokenizers=version("tokenizers")),
         "load_average_1_5_15min": {"before": load_before, "after": os.getloadavg()},
         "results": rows,
     }

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sysconfig
 import tempfile
 import time
@@ -37,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import regex
 import tiktoken
+from machine import machine_info
 
 from NLM.min_lm.scripts import tokenize
 from NLM.min_lm.tokenization.pretokenize import GPT2_SPLIT_PATTERN
@@ -68,24 +68,6 @@ def cpu_seconds(fn) -> tuple[float, object]:
     return time.process_time() - start, result
 
 
-def machine_info() -> dict:
-    import torch
-
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {
-        "platform": platform.platform(),
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "tiktoken": tiktoken.__version__,
-        "regex": regex.__version__,
-    }
 
 
 def main() -> None:
@@ -186,7 +168,7 @@ def main() -> None:
 
     result = {
         "benchmark": "encode",
-        "machine": machine_info(),
+        "machine": machine_info(tiktoken=tiktoken.__version__, regex=regex.__version__),
         "text": {"source": "python stdlib .py, sorted, <|endoftext|>-joined", "bytes": num_bytes,
                  "files": num_files, "tokens": len(reference)},
         "ids_identical_to_tiktoken": identical,

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from machine import machine_info
 
 from NLM.min_lm.transformer import TransformerLM
 from NLM.min_lm.transformer.sampling import generate
@@ -26,25 +25,6 @@ from NLM.min_lm.transformer.sampling import generate
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_generate.json"
 
 
-def machine_info(device: str) -> dict:
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    info = {
-        "platform": platform.platform(),
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "device": device,
-    }
-    if device.startswith("cuda"):
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
 
 
 def sync(device: str) -> None:

@@ -39,7 +39,6 @@ import argparse
 import gc
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -49,6 +48,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from machine import machine_info
 
 from NLM.min_lm.transformer import AdamW, TransformerLM, cross_entropy, param_groups
 
@@ -73,26 +73,6 @@ CUDA_ROWS = [
 # ---------------------------------------------------------------------------------------------
 
 
-def machine_info() -> dict:
-    cpu_model = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = dict(
-        platform=platform.platform(),
-        cpu=cpu_model,
-        cores=os.cpu_count(),
-        torch_threads=torch.get_num_threads(),
-        python=platform.python_version(),
-        torch=torch.__version__,
-    )
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
 
 
 def proc_status_bytes(field: str) -> int | None:
@@ -325,7 +305,7 @@ def main() -> None:
         serve_row(json.loads(args.child), shape, batch_size, args.warmup, args.cuda)
         return
 
-    info = machine_info()
+    info = machine_info("cuda" if args.cuda else "cpu")
     info["load_average_before"] = os.getloadavg()
     peak = measured_bf16_peak_flops() if args.cuda else None
     rows = run_rows(CUDA_ROWS if args.cuda else CPU_ROWS, args)

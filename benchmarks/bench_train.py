@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from machine import machine_info
 
 from NLM.min_lm.training import TrainConfig, train
 from NLM.min_lm.training.config import default_d_ff
@@ -68,11 +67,6 @@ def bare(tokens: np.ndarray, iters: int, warmup: int) -> float:
     return iters * SHAPE["batch_size"] * SHAPE["context_length"] / (time.perf_counter() - start)
 
 
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def main() -> None:
@@ -107,8 +101,7 @@ def main() -> None:
         "benchmark": "training loop throughput, steady state, CPU",
         "shape": SHAPE, "iters": args.iters, "warmup": args.warmup, "threads": args.threads,
         "tokens_per_s": rates, "best": best, "ratio_ours_over_bare": ratio,
-        "machine": {"platform": platform.platform(), "cpu": cpu_model(), "cores": os.cpu_count(),
-                    "torch": torch.__version__, "load_average": os.getloadavg()},
+        "machine": machine_info(),
     }, indent=2) + "\n")
     print(f"wrote {RESULTS}")
 
