@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("MINLM_TEST_DATA", REPO_ROOT.parent / "shared" / "data"))
@@ -17,3 +18,12 @@ def data_dir() -> Path:
     if not (DATA_DIR / "gpt2_vocab.json").is_file():
         pytest.skip(f"test corpora not found in {DATA_DIR} (set MINLM_TEST_DATA)")
     return DATA_DIR
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models train fastest on one thread, and parallel test runs then don't oversubscribe the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

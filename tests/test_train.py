@@ -17,14 +17,7 @@ from NLM.min_lm.training import metrics as metrics_module
 from NLM.min_lm.training import trainer as trainer_module
 from NLM.min_lm.training.data import BatchSampler, open_tokens, validation_starts
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models train fastest on one thread, and parallel test runs then don't oversubscribe the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

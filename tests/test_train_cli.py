@@ -16,14 +16,7 @@ from train_helpers import as_argv, read_metrics, tiny_flags, write_tokens
 
 from NLM.min_lm.scripts.train import main
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models train fastest on one thread, and parallel test runs then don't oversubscribe the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
