@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pickle
 import random
 from typing import Any
 
@@ -113,7 +114,9 @@ def read_checkpoint(src: str | os.PathLike) -> dict[str, Any]:
         raise UserError(f"checkpoint {src} does not exist")
     try:
         checkpoint = torch.load(src, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises RuntimeError, EOFError, UnpicklingError, ... for bad files
+    except pickle.UnpicklingError as e:  # not a zip of tensors, or one that would need to run code
+        raise UserError(f"checkpoint {src} is not a PyTorch checkpoint of plain tensors") from e
+    except Exception as e:  # torch raises RuntimeError, EOFError, ... for truncated or foreign files
         raise UserError(
             # torch's own message can run to many lines; its first says what went wrong
             f"checkpoint {src} is truncated or not a min_lm checkpoint "
