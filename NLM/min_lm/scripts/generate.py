@@ -127,7 +127,7 @@ def run(config: GenerateConfig) -> list[str]:
 def main(argv: list[str] | None = None, prog: str = "python -m NLM.min_lm.scripts.generate") -> int:
     config = parse_config(GenerateConfig, argv, prog, __doc__)
     # run() returns the texts for library callers; the command's exit status is 0.
-    return run_cli(lambda: run(config) and 0)
+    return run_cli(lambda: run(config))
 
 
 if __name__ == "__main__":

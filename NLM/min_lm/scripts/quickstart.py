@@ -285,7 +285,7 @@ def format_summary(s: dict, out_dir: Path) -> str:
 def main(argv: list[str] | None = None, prog: str = "python -m NLM.min_lm.scripts.quickstart") -> int:
     config = parse_config(QuickstartConfig, argv, prog, __doc__)
     # run() returns the summary for library callers; the command's exit status is 0.
-    return run_cli(lambda: run(config) and 0)
+    return run_cli(lambda: run(config))
 
 
 if __name__ == "__main__":
