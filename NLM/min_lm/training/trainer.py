@@ -46,11 +46,10 @@ from NLM.min_lm.transformer import (
     cross_entropy,
     get_lr_cosine_schedule,
     gradient_clipping,
-    load_checkpoint,
     param_groups,
     save_checkpoint,
 )
-from NLM.min_lm.transformer.checkpoint import clean_state_dict, read_checkpoint
+from NLM.min_lm.transformer.checkpoint import load_model_state, read_checkpoint, restore_checkpoint
 
 # the model's shape: a checkpoint can only be resumed by a run that builds the same one
 _SHAPE_FIELDS = ("vocab_size", "context_length", "d_model", "num_layers", "num_heads", "d_ff")
@@ -194,18 +193,18 @@ class Trainer:
         if "model_config" not in saved:
             raise UserError(f"--init_from: {path} stores no model config")
         self._check_shape(saved, path, "--init_from")
-        self.model.load_state_dict(clean_state_dict(saved["model"]))
+        load_model_state(self.model, saved["model"], path)
 
     def _resume(self) -> None:
         """Load model, optimizer, RNG states and sampler position; every process loads the same file."""
         path = Path(self.config.checkpoint_path)
         if not path.is_file():
             raise UserError(f"--resume: no checkpoint at {path} (--checkpoint_path)")
-        saved = read_checkpoint(path)  # the extra fields; load_checkpoint below restores the states
+        saved = read_checkpoint(path)
         if "sampler_state" not in saved:
             raise UserError(f"--resume: {path} holds no training state (was it written by minlm train?)")
         self._check_shape(saved, path, "--resume")
-        self.iteration = load_checkpoint(path, self.model, self.optimizer)
+        self.iteration = restore_checkpoint(saved, self.model, self.optimizer, path)
         if self.iteration >= self.config.max_iters:
             raise UserError(f"--resume: {path} is already at iteration {self.iteration}; "
                             f"raise --max_iters (now {self.config.max_iters}) to train further")

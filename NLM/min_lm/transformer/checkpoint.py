@@ -127,7 +127,8 @@ def read_checkpoint(src: str | os.PathLike) -> dict[str, Any]:
     return checkpoint
 
 
-def _load_model_state(model: nn.Module, state_dict: dict[str, torch.Tensor], src) -> None:
+def load_model_state(model: nn.Module, state_dict: dict[str, torch.Tensor], src) -> None:
+    """Put a checkpoint's weights into `model` (compiled or DDP-wrapped too); a mismatch names `src`."""
     try:
         unwrap_model(model).load_state_dict(clean_state_dict(state_dict))
     except RuntimeError as e:
@@ -140,8 +141,15 @@ def _load_model_state(model: nn.Module, state_dict: dict[str, torch.Tensor], src
 
 def load_checkpoint(src: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> int:
     """Restore model weights, optimizer state and RNG states from `src`; return the saved iteration."""
-    checkpoint = read_checkpoint(src)
-    _load_model_state(model, checkpoint["model"], src)
+    return restore_checkpoint(read_checkpoint(src), model, optimizer, src)
+
+
+def restore_checkpoint(
+    checkpoint: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer | None, src
+) -> int:
+    """`load_checkpoint` for a checkpoint already read (by `read_checkpoint`), so a caller that also
+    needs its extra fields reads the file once."""
+    load_model_state(model, checkpoint["model"], src)
     if optimizer is not None:
         if checkpoint.get("optimizer") is None:
             raise UserError(f"checkpoint {src} holds no optimizer state")
@@ -170,5 +178,5 @@ def load_model(
     stored = state.get("token_embeddings.weight")
     dtype = dtype or (stored.dtype if stored is not None else torch.float32)
     model = TransformerLM.from_config(config, device=device, dtype=dtype, **options)
-    _load_model_state(model, state, path)
+    load_model_state(model, state, path)
     return model.eval(), checkpoint
