@@ -59,14 +59,8 @@ def bytes_to_unicode() -> dict[int, str]:
     return dict(sorted(mapping.items()))
 
 
-@cache
-def unicode_to_bytes() -> dict[str, int]:
-    """The inverse of `bytes_to_unicode`."""
-    return {char: b for b, char in bytes_to_unicode().items()}
-
-
 # str.translate tables: bytes (as Latin-1 characters) -> printable characters, and back.
-_TO_PRINTABLE = {b: char for b, char in bytes_to_unicode().items()}
+_TO_PRINTABLE = bytes_to_unicode()
 _FROM_PRINTABLE = {ord(char): b for b, char in bytes_to_unicode().items()}
 _ALL_PRINTABLE = re.compile("[" + re.escape("".join(bytes_to_unicode().values())) + "]*")
 
