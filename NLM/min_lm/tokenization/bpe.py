@@ -1,11 +1,11 @@
 """Byte-level BPE with GPT-2 pre-tokenization: the public entry points.
 
-Training lives in `training.py` (parallel pre-token counting, incremental merge loop) and the
+Training lives in `bpe_trainer.py` (parallel pre-token counting, incremental merge loop) and the
 tokenizer in `tokenizer.py` (cached encoding, streaming, GPT-2 file format); this module is the
 stable import path named in the API contract.
 """
 
 from NLM.min_lm.tokenization.tokenizer import BPETokenizer
-from NLM.min_lm.tokenization.training import train_bpe
+from NLM.min_lm.tokenization.bpe_trainer import train_bpe
 
 __all__ = ["BPETokenizer", "train_bpe"]
