@@ -20,6 +20,36 @@ from NLM.min_lm.scripts.args import arg
 
 ATTN_IMPLS = ("sdpa", "reference")
 DTYPES = ("float32", "bfloat16")
+OPTIMIZERS = ("adamw", "muon")
+LR_SCHEDULES = ("cosine", "wsd")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The settings `--recipe` chooses; a flag given explicitly overrides its recipe's value."""
+
+    optimizer: str
+    muon_lr: float
+    qk_norm: bool
+    zero_init_proj: bool
+    lr_schedule: str
+    decay_frac: float
+
+
+# baseline: the seed's recipe (AdamW, cosine), unchanged. speedrun: the modded-nanogpt ingredients,
+# tuned on the quickstart corpus and model (benchmarks/bench_recipe.py).
+RECIPES = {
+    "baseline": Recipe(optimizer="adamw", muon_lr=0.02, qk_norm=False, zero_init_proj=False,
+                       lr_schedule="cosine", decay_frac=0.2),
+    "speedrun": Recipe(optimizer="muon", muon_lr=0.02, qk_norm=True, zero_init_proj=True,
+                       lr_schedule="wsd", decay_frac=0.3),
+}
+
+
+def _recipe(name: str, what: str, choices: tuple[str, ...] | None = None):
+    """A flag whose default (None) comes from --recipe."""
+    values = ", ".join(f"{recipe} {getattr(RECIPES[recipe], name)}" for recipe in RECIPES)
+    return field(default=None, metadata=arg(f"{what} (default from --recipe: {values})", choices=choices))
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
@@ -45,9 +75,21 @@ class TrainConfig:
     rope_theta: float = field(default=10_000.0, metadata=arg("RoPE base frequency"))
     attn_impl: str = field(default="sdpa", metadata=arg("attention kernel", choices=ATTN_IMPLS))
     gradient_checkpointing: bool = field(default=False, metadata=arg("recompute activations to save memory"))
+    qk_norm: bool | None = _recipe("qk_norm", "RMSNorm of each head's queries and keys before RoPE")
+    zero_init_proj: bool | None = _recipe("zero_init_proj", "attention output and SwiGLU w2 start at zero")
+    # the recipe: a preset for the optimizer, schedule and model options marked "from --recipe"
+    recipe: str = field(default="baseline", metadata=arg("baseline: AdamW + cosine, the seed's recipe; "
+                                                        "speedrun: Muon, QK-norm, zero-init, WSD",
+                                                        choices=tuple(RECIPES)))
     # optimizer and schedule
-    lr_max: float = field(default=1e-3, metadata=arg("peak learning rate, reached after warmup"))
-    lr_min: float = field(default=1e-4, metadata=arg("final learning rate of the cosine decay"))
+    optimizer: str | None = _recipe("optimizer", "adamw for all weights, or muon for the hidden matrices "
+                                    "and AdamW for the rest", OPTIMIZERS)
+    muon_lr: float | None = _recipe("muon_lr", "Muon's peak learning rate (follows --lr_max's schedule)")
+    lr_max: float = field(default=1e-3, metadata=arg("peak learning rate (of AdamW), reached after warmup"))
+    lr_min: float = field(default=1e-4, metadata=arg("final learning rate of the decay"))
+    lr_schedule: str | None = _recipe("lr_schedule", "cosine decay, or wsd: warmup, constant, "
+                                      "then linear decay over the last --decay_frac", LR_SCHEDULES)
+    decay_frac: float | None = _recipe("decay_frac", "wsd: fraction of --max_iters spent decaying")
     warmup_iters: int = field(default=50, metadata=arg("linear warmup iterations"))
     weight_decay: float = field(default=0.1, metadata=arg("AdamW weight decay "
                                                                 "(not on norms/embeddings)"))
@@ -84,6 +126,11 @@ class TrainConfig:
         if self.d_ff is None:
             self.d_ff = default_d_ff(self.d_model)
         self.betas = tuple(self.betas)
+        if self.recipe not in RECIPES:
+            raise UserError(f"--recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
+        for f in dataclasses.fields(Recipe):
+            if getattr(self, f.name) is None:
+                setattr(self, f.name, getattr(RECIPES[self.recipe], f.name))
         self._validate()
 
     def _validate(self) -> None:
@@ -112,6 +159,18 @@ class TrainConfig:
             raise UserError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
         if self.attn_impl not in ATTN_IMPLS:
             raise UserError(f"--attn_impl must be one of {', '.join(ATTN_IMPLS)}, got {self.attn_impl!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise UserError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise UserError(f"--lr_schedule must be one of {', '.join(LR_SCHEDULES)}, "
+                            f"got {self.lr_schedule!r}")
+        if not 0 <= self.decay_frac <= 1:
+            raise UserError(f"--decay_frac must lie in [0, 1], got {self.decay_frac!r}")
+        if self.muon_lr < 0:
+            raise UserError(f"--muon_lr must not be negative, got {self.muon_lr!r}")
+        if self.optimizer == "muon" and self.lr_max == 0:
+            raise UserError("--optimizer muon needs --lr_max > 0: Muon's learning rate follows "
+                            "--lr_max's schedule, scaled by --muon_lr / --lr_max")
         if self.dtype not in DTYPES:
             raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.resume and self.init_from is not None:

@@ -1,8 +1,9 @@
 """The training loop: `train(config)` turns token files into a trained checkpoint.
 
 One iteration = one optimizer step: `grad_accum_steps` micro-batches are run forward and backward (their
-losses scaled by 1/steps so the gradients add up to the mean), the gradient norm is clipped, and AdamW
-steps with the learning rate of the warmup + cosine schedule. Around that loop sit validation on fixed
+losses scaled by 1/steps so the gradients add up to the mean), the gradient norm is clipped, and the
+optimizer (AdamW, or Muon for the hidden matrices beside AdamW) steps with the learning rate of the
+schedule (warmup + cosine, or warmup-stable-decay). Around that loop sit validation on fixed
 batches, metrics, the best checkpoint, and exact resumption: a checkpoint holds the model, the optimizer,
 the RNG states and the batch sampler's position, so a resumed run draws the same batches and computes the
 same losses as one that never stopped.
@@ -44,15 +45,16 @@ from NLM.min_lm.transformer import (
     ModelConfig,
     TransformerLM,
     cross_entropy,
-    get_lr_cosine_schedule,
     gradient_clipping,
     param_groups,
     save_checkpoint,
 )
+from NLM.min_lm.transformer.optim import CombinedOptimizer, muon_with_adamw, set_lr
+from NLM.min_lm.transformer.utils import lr_at
 from NLM.min_lm.transformer.checkpoint import load_model_state, read_checkpoint, restore_checkpoint
 
 # the model's shape: a checkpoint can only be resumed by a run that builds the same one
-_SHAPE_FIELDS = ("vocab_size", "context_length", "d_model", "num_layers", "num_heads", "d_ff")
+_SHAPE_FIELDS = ("vocab_size", "context_length", "d_model", "num_layers", "num_heads", "d_ff", "qk_norm")
 
 
 class TrainingDiverged(UserError):
@@ -70,6 +72,13 @@ def train(config: TrainConfig) -> TrainResult:
         raise
     finally:
         teardown(ctx)
+
+
+def make_optimizer(model: TransformerLM, c: TrainConfig) -> AdamW | CombinedOptimizer:
+    """AdamW for every weight, or Muon for the hidden matrices and AdamW for the rest (--optimizer)."""
+    if c.optimizer == "muon":
+        return muon_with_adamw(model, c.muon_lr, c.lr_max, c.betas, c.weight_decay)
+    return AdamW(param_groups(model, c.weight_decay), lr=c.lr_max, betas=c.betas, weight_decay=c.weight_decay)
 
 
 class Trainer:
@@ -93,11 +102,10 @@ class Trainer:
             torch.set_float32_matmul_precision("high")  # TF32 matmuls for the float32 parts
         torch.manual_seed(c.seed)
         model_config = ModelConfig(c.vocab_size, c.context_length, c.d_model, c.num_layers, c.num_heads,
-                                   c.d_ff, c.rope_theta)
+                                   c.d_ff, c.rope_theta, qk_norm=c.qk_norm, zero_init_proj=c.zero_init_proj)
         self.model = TransformerLM.from_config(model_config, device=device, attn_impl=c.attn_impl,
                                                gradient_checkpointing=c.gradient_checkpointing)
-        self.optimizer = AdamW(param_groups(self.model, c.weight_decay), lr=c.lr_max, betas=c.betas,
-                               weight_decay=c.weight_decay)
+        self.optimizer = make_optimizer(self.model, c)
 
         # 3. where the run stands: fresh, or exactly where its checkpoint left off
         self.iteration = 0
@@ -128,8 +136,7 @@ class Trainer:
     def train_step(self, lr: float) -> float:
         """Accumulate gradients over the micro-batches, then clip and step. Returns the loss averaged over
         all processes (NaN/inf is reported before the step, so the weights never take a bad update)."""
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        set_lr(self.optimizer, lr)
         steps = self.config.grad_accum_steps
         loss_sum = torch.zeros((), device=self.device)
         for micro_step in range(steps):
@@ -182,8 +189,9 @@ class Trainer:
 
     def _check_shape(self, saved: dict[str, Any], path: Path, flag: str) -> None:
         """A checkpoint fits only a model of the same shape; name the first flag that differs."""
+        saved_config = ModelConfig(**saved["model_config"])  # fields newer than the file take their defaults
         for name in _SHAPE_FIELDS:
-            theirs, ours = saved["model_config"][name], getattr(self.config, name)
+            theirs, ours = getattr(saved_config, name), getattr(self.config, name)
             if theirs != ours:
                 raise UserError(f"{flag}: {path} has {name} {theirs}, but --{name} is {ours}")
 
@@ -204,6 +212,10 @@ class Trainer:
         if "sampler_state" not in saved:
             raise UserError(f"--resume: {path} holds no training state (was it written by minlm train?)")
         self._check_shape(saved, path, "--resume")
+        saved_optimizer = saved.get("train_config", {}).get("optimizer", "adamw")
+        if saved_optimizer != self.config.optimizer:
+            raise UserError(f"--resume: {path} was trained with --optimizer {saved_optimizer}, "
+                            f"but --optimizer is {self.config.optimizer}")
         self.iteration = restore_checkpoint(saved, self.model, self.optimizer, path)
         if self.iteration >= self.config.max_iters:
             raise UserError(f"--resume: {path} is already at iteration {self.iteration}; "
@@ -228,8 +240,8 @@ class Trainer:
         try:
             with stop_requests() as stop, self._progress_bar() as self.bar:
                 while self.iteration < c.max_iters and not stopped_by:
-                    lr = get_lr_cosine_schedule(self.iteration, c.lr_max, c.lr_min, c.warmup_iters,
-                                                c.max_iters)
+                    lr = lr_at(c.lr_schedule, self.iteration, c.max_iters, c.lr_max, c.lr_min,
+                               c.warmup_iters, c.decay_frac)
                     loss = self.train_step(lr)
                     self.iteration += 1
                     self.bar.update()

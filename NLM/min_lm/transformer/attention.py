@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .kv_cache import LayerKVCache
-from .modules import Linear, softmax
+from .modules import Linear, RMSNorm, softmax
 
 ATTN_IMPLS = ("sdpa", "reference")
 
@@ -80,6 +80,11 @@ def causal_mask(num_queries: int, num_keys: int, device=None) -> Tensor:
 class MultiHeadSelfAttention(nn.Module):
     """Causal self-attention with `num_heads` heads of size d_model / num_heads, RoPE on Q and K.
 
+    With `qk_norm`, each head's query and key vectors pass through an RMSNorm (gains `q_norm`, `k_norm` of
+    size head_dim, shared by the heads) before RoPE. The scores q.k / sqrt(d) are then bounded by the
+    gains, so no attention logit can grow without limit and saturate the softmax: the instability that
+    otherwise caps the usable learning rate (as in Qwen3, OLMo 2 and the modded-nanogpt speedrun).
+
     With a `kv_cache` (one layer's `LayerKVCache`), the new keys/values are appended to it and the
     new queries attend to everything cached plus the new tokens (causally among the new ones).
     """
@@ -94,6 +99,8 @@ class MultiHeadSelfAttention(nn.Module):
         dtype=None,
         *,
         attn_impl: str = "sdpa",
+        qk_norm: bool = False,
+        norm_eps: float = 1e-5,
     ):
         super().__init__()
         if d_model % num_heads:
@@ -107,6 +114,11 @@ class MultiHeadSelfAttention(nn.Module):
         self.k_proj = Linear(d_model, d_model, device=device, dtype=dtype)
         self.v_proj = Linear(d_model, d_model, device=device, dtype=dtype)
         self.output_proj = Linear(d_model, d_model, device=device, dtype=dtype)
+        if qk_norm:
+            self.q_norm = RMSNorm(self.head_dim, eps=norm_eps, device=device, dtype=dtype)
+            self.k_norm = RMSNorm(self.head_dim, eps=norm_eps, device=device, dtype=dtype)
+        else:
+            self.q_norm = self.k_norm = None
         if theta is not None:
             if max_seq_len is None:
                 raise ValueError("RoPE (theta given) needs max_seq_len")
@@ -127,6 +139,8 @@ class MultiHeadSelfAttention(nn.Module):
             proj(x).unflatten(-1, (self.num_heads, self.head_dim)).transpose(-3, -2)
             for proj in (self.q_proj, self.k_proj, self.v_proj)
         )
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         if self.rope is not None:
             if token_positions is None:
                 token_positions = torch.arange(start, start + num_new, device=x.device)

@@ -4,9 +4,12 @@
     for each block:  x = x + Attention(RMSNorm(x));  x = x + SwiGLU(RMSNorm(x))
     logits = lm_head(RMSNorm(x))
 
-The model code is free of training concerns; the only options are how attention is computed
-(`attn_impl`) and whether activations are recomputed in the backward pass to save memory
-(`gradient_checkpointing`). Neither changes the weights or the state-dict keys.
+The model code is free of training concerns. Two options change the architecture and are stored in the
+`ModelConfig`: `qk_norm` (RMSNorm of each head's queries and keys, adding weights `layers.{i}.attn.q_norm`
+and `k_norm`) and `zero_init_proj` (attention's output projection and SwiGLU's w2 start at zero, so each
+block starts as the identity and the residual stream carries the embeddings unchanged at first). Two
+do not: how attention is computed (`attn_impl`) and whether activations are recomputed in the backward
+pass to save memory (`gradient_checkpointing`).
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ class ModelConfig:
     d_ff: int
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
+    qk_norm: bool = False
+    zero_init_proj: bool = False
 
 
 class TransformerBlock(nn.Module):
@@ -56,11 +61,13 @@ class TransformerBlock(nn.Module):
         *,
         norm_eps: float = 1e-5,
         attn_impl: str = "sdpa",
+        qk_norm: bool = False,
     ):
         super().__init__()
         self.ln1 = RMSNorm(d_model, eps=norm_eps, device=device, dtype=dtype)
         self.attn = MultiHeadSelfAttention(
-            d_model, num_heads, max_seq_len, theta, device=device, dtype=dtype, attn_impl=attn_impl
+            d_model, num_heads, max_seq_len, theta, device=device, dtype=dtype, attn_impl=attn_impl,
+            qk_norm=qk_norm, norm_eps=norm_eps,
         )
         self.ln2 = RMSNorm(d_model, eps=norm_eps, device=device, dtype=dtype)
         self.ffn = SwiGLU(d_model, d_ff, device=device, dtype=dtype)
@@ -88,12 +95,15 @@ class TransformerLM(nn.Module):
         dtype=None,
         *,
         norm_eps: float = 1e-5,
+        qk_norm: bool = False,
+        zero_init_proj: bool = False,
         attn_impl: str = "sdpa",
         gradient_checkpointing: bool = False,
     ):
         super().__init__()
         self.config = ModelConfig(
-            vocab_size, context_length, d_model, num_layers, num_heads, d_ff, float(rope_theta), norm_eps
+            vocab_size, context_length, d_model, num_layers, num_heads, d_ff, float(rope_theta), norm_eps,
+            qk_norm, zero_init_proj,
         )
         self.gradient_checkpointing = gradient_checkpointing
         self.token_embeddings = Embedding(vocab_size, d_model, device=device, dtype=dtype)
@@ -108,9 +118,14 @@ class TransformerLM(nn.Module):
                 dtype=dtype,
                 norm_eps=norm_eps,
                 attn_impl=attn_impl,
+                qk_norm=qk_norm,
             )
             for _ in range(num_layers)
         )
+        if zero_init_proj:
+            for layer in self.layers:
+                layer.attn.output_proj.weight.data.zero_()
+                layer.ffn.w2.weight.data.zero_()
         self.ln_final = RMSNorm(d_model, eps=norm_eps, device=device, dtype=dtype)
         self.lm_head = Linear(d_model, vocab_size, device=device, dtype=dtype)
 
@@ -118,8 +133,8 @@ class TransformerLM(nn.Module):
     def from_config(cls, config: ModelConfig, device=None, dtype=None, **options) -> TransformerLM:
         """Build a model from a `ModelConfig`; `options` are the keyword options (attn_impl, ...)."""
         fields = dataclasses.asdict(config)
-        norm_eps = fields.pop("norm_eps")
-        return cls(**fields, device=device, dtype=dtype, norm_eps=norm_eps, **options)
+        keyword_only = {name: fields.pop(name) for name in ("norm_eps", "qk_norm", "zero_init_proj")}
+        return cls(**fields, device=device, dtype=dtype, **keyword_only, **options)
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         """Number of weights; `exclude_embeddings` leaves out the input embedding table (a lookup)."""

@@ -1,4 +1,4 @@
-"""AdamW: Adam with decoupled weight decay, and the usual split into decay / no-decay groups.
+"""AdamW (Adam with decoupled weight decay, and the usual decay / no-decay split), and Muon beside it.
 
 For every parameter p with gradient g, step t (from 1), learning rate lr:
 
@@ -121,3 +121,183 @@ def param_groups(
         {"params": [p for p in params if id(p) in no_decay_ids], "weight_decay": 0.0},
     ]
     return [group for group in groups if group["params"]]
+
+
+# ---------------------------------------------------------------------------------------------
+# Muon: momentum SGD whose update is orthogonalised, for the hidden weight matrices
+# ---------------------------------------------------------------------------------------------
+#
+# For a weight matrix W (out x in) with gradient G, momentum mu, learning rate lr:
+#
+#     B = mu B + G                          momentum buffer
+#     U = G + mu B                          Nesterov: look one momentum step ahead
+#     O = NewtonSchulz(U) ~ polar(U)        U = P S Q^T  ->  O ~ P Q^T: every singular value set to ~1
+#     W = W - lr * wd * W                   decoupled weight decay, as in AdamW
+#     W = W - lr * sqrt(max(1, out / in)) * O
+#
+# Why orthogonalise: the gradient of a matrix is typically dominated by a few directions (a few large
+# singular values). Replacing U by P Q^T keeps its directions but gives every one the same step, so the rare
+# directions learn as fast as the common ones; the step's size is set by lr alone, whatever the scale of G.
+# Why the shape factor: O's singular values are ~1, so O maps an input of RMS 1 to an output of RMS about
+# sqrt(in / out); sqrt(max(1, out / in)) lifts that to ~1 for the tall matrices (SwiGLU's w1 and w3).
+# Muon is defined for matrices only: embeddings (a lookup, not a linear map of a hidden state), the output
+# head and the norm gains stay with AdamW (`muon_param_groups` makes that split).
+
+NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # (a, b, c) of the quintic a x + b x^3 + c x^5
+NS_STEPS = 5
+
+
+def newton_schulz(G: torch.Tensor, steps: int = NS_STEPS, eps: float = 1e-7) -> torch.Tensor:
+    """An approximation of the orthogonal polar factor P Q^T of G = P S Q^T, by a matrix polynomial.
+
+    X is scaled so its largest singular value is at most 1 (the Frobenius norm bounds it), then each step
+    applies p(x) = a x + b x^3 + c x^5 to every singular value at once: X <- a X + (b A + c A^2) X with
+    A = X X^T. The coefficients trade exactness for speed: p has a large slope at 0 (a = 3.4) so small
+    singular values grow fast, and after 5 steps every singular value that started above ~1e-3 of the
+    largest lies in roughly [0.7, 1.2] rather than at exactly 1, which is all Muon needs. The singular
+    vectors are untouched: the result is P p^5(S / |G|_F) Q^T. Computed in float32 (float64 stays).
+    """
+    a, b, c = NS_COEFFICIENTS
+    X = G.to(torch.promote_types(G.dtype, torch.float32))
+    tall = X.shape[-2] > X.shape[-1]
+    if tall:  # work with the wide orientation: A = X X^T is then the smaller square
+        X = X.mT
+    X = X / (torch.linalg.matrix_norm(X, keepdim=True) + eps)
+    for _ in range(steps):
+        A = X @ X.mT
+        X = a * X + (b * A + c * A @ A) @ X
+    return (X.mT if tall else X).to(G.dtype)
+
+
+class Muon(torch.optim.Optimizer):
+    """Momentum SGD (Nesterov) with the update orthogonalised by `newton_schulz`; for 2-D parameters only.
+
+    Every process of a data-parallel run holds the same all-reduced gradient, so each computes the same
+    update itself (no communication beyond DDP's). State: one momentum buffer per matrix.
+    """
+
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float = 0.02,
+        momentum: float = 0.95,
+        weight_decay: float = 0.0,
+        nesterov: bool = True,
+        ns_steps: int = NS_STEPS,
+    ):
+        if lr < 0 or weight_decay < 0:
+            raise ValueError(f"Muon needs lr, weight_decay >= 0, got {lr}, {weight_decay}")
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"Muon momentum must lie in [0, 1), got {momentum}")
+        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov,
+                        ns_steps=ns_steps)
+        super().__init__(params, defaults)
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.ndim != 2:
+                    raise ValueError(f"Muon updates matrices only, got a parameter of shape {tuple(p.shape)}")
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, mu, wd = group["lr"], group["momentum"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                buf = state["momentum_buffer"]
+                buf.mul_(mu).add_(p.grad)  # B = mu B + G
+                update = p.grad.add(buf, alpha=mu) if group["nesterov"] else buf
+                update = newton_schulz(update, group["ns_steps"])
+                p.mul_(1 - lr * wd)
+                out_features, in_features = p.shape
+                p.add_(update, alpha=-lr * max(1.0, out_features / in_features) ** 0.5)
+        return loss
+
+
+class CombinedOptimizer:
+    """Several optimizers over disjoint parameters that act as one: Muon for the matrices, AdamW for the rest.
+
+    It offers what the training loop and checkpoints use: `param_groups` (all of them, in order), `step`,
+    `zero_grad`, and a `state_dict` that holds each optimizer's own state dict, so resuming is exact.
+    """
+
+    def __init__(self, *optimizers: torch.optim.Optimizer):
+        self.optimizers = optimizers
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return [group for optimizer in self.optimizers for group in optimizer.param_groups]
+
+    @property
+    def state(self) -> dict:
+        return {p: s for optimizer in self.optimizers for p, s in optimizer.state.items()}
+
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for optimizer in self.optimizers:
+            optimizer.step()
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict:
+        return {"optimizers": [optimizer.state_dict() for optimizer in self.optimizers]}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        saved = state_dict.get("optimizers")
+        if saved is None or len(saved) != len(self.optimizers):
+            raise ValueError(f"the saved optimizer state is not that of {len(self.optimizers)} combined "
+                             f"optimizers (was the run trained with another --optimizer?)")
+        for optimizer, state in zip(self.optimizers, saved, strict=True):
+            optimizer.load_state_dict(state)
+
+
+def hidden_matrices(model: nn.Module) -> list[nn.Parameter]:
+    """The 2-D weights inside `model.layers`: attention q/k/v/output and SwiGLU w1/w2/w3.
+
+    They map one hidden state to another, which is what Muon's geometry is for; the embedding table, the
+    output head and the norm gains are not, and stay with AdamW.
+    """
+    return [p for p in model.layers.parameters() if p.ndim == 2 and p.requires_grad]
+
+
+def muon_with_adamw(
+    model: nn.Module,
+    muon_lr: float,
+    lr: float,
+    betas: tuple[float, float] = (0.9, 0.95),
+    weight_decay: float = 0.0,
+    momentum: float = 0.95,
+) -> CombinedOptimizer:
+    """Muon (lr `muon_lr`, no weight decay) for the hidden matrices; AdamW (lr `lr`) for everything else.
+
+    Each group records `lr_scale`, its peak learning rate over `lr`: a schedule that computes one learning
+    rate for the run sets each group's to lr * lr_scale (see `set_lr`), so both follow the same shape.
+    """
+    matrices = hidden_matrices(model)
+    taken = {id(p) for p in matrices}
+    adamw_groups = [{**group, "params": [p for p in group["params"] if id(p) not in taken], "lr_scale": 1.0}
+                    for group in param_groups(model, weight_decay)]
+    muon = Muon([{"params": matrices, "lr_scale": muon_lr / lr if lr > 0 else 0.0}], lr=muon_lr,
+                momentum=momentum)
+    adamw = AdamW([group for group in adamw_groups if group["params"]], lr=lr, betas=betas,
+                  weight_decay=weight_decay)
+    return CombinedOptimizer(muon, adamw)
+
+
+def set_lr(optimizer: torch.optim.Optimizer | CombinedOptimizer, lr: float) -> None:
+    """Set every group's learning rate to `lr` times its `lr_scale` (1 where the group has none)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)

@@ -1,4 +1,4 @@
-"""Training utilities: the loss, the learning-rate schedule, gradient clipping and batch sampling.
+"""Training utilities: the loss, the learning-rate schedules, gradient clipping and batch sampling.
 
 Checkpointing lives in `checkpoint.py`; its functions are re-exported here so that
 `from NLM.min_lm.transformer.utils import save_checkpoint` keeps working.
@@ -18,6 +18,8 @@ from .checkpoint import load_checkpoint, load_model, save_checkpoint
 __all__ = [
     "cross_entropy",
     "get_lr_cosine_schedule",
+    "get_lr_wsd_schedule",
+    "lr_at",
     "gradient_clipping",
     "get_batch",
     "save_checkpoint",
@@ -58,6 +60,62 @@ def get_lr_cosine_schedule(
     return min_learning_rate + 0.5 * (1 + math.cos(math.pi * progress)) * (
         max_learning_rate - min_learning_rate
     )
+
+
+def get_lr_wsd_schedule(
+    it: float,
+    max_learning_rate: float,
+    min_learning_rate: float,
+    warmup_iters: int,
+    total_iters: int,
+    decay_frac: float,
+) -> float:
+    """Warmup-stable-decay: linear warmup to max, constant max, then a linear decay to min over the last
+    `decay_frac` of the `total_iters`; constant min afterwards.
+
+    Why: most of a run at the peak rate makes fast progress, and the short final decay gets the loss that
+    a cosine schedule reaches only at its very end. The stable stage does not depend on the run's length,
+    so a run can be extended (or its checkpoints decayed) without starting over.
+
+    it < warmup:                  max * it / warmup
+    warmup <= it < start:         max                                   start = max(warmup, (1 - frac) total)
+    start <= it < total:          max + (min - max) * (it - start) / (total - start)
+    it >= total:                  min
+    `it` may be fractional (a schedule driven by elapsed time passes an effective iteration).
+    """
+    if it < warmup_iters:
+        return max_learning_rate * it / warmup_iters
+    if it >= total_iters:
+        return min_learning_rate
+    decay_start = max(warmup_iters, total_iters * (1.0 - decay_frac))
+    if it < decay_start:
+        return max_learning_rate
+    progress = (it - decay_start) / (total_iters - decay_start)
+    return max_learning_rate + (min_learning_rate - max_learning_rate) * progress
+
+
+LR_SCHEDULES = ("cosine", "wsd")
+
+
+def lr_at(
+    schedule: str,
+    it: float,
+    total_iters: int,
+    max_learning_rate: float,
+    min_learning_rate: float,
+    warmup_iters: int,
+    decay_frac: float = 0.2,
+) -> float:
+    """The learning rate of schedule `schedule` ("cosine" or "wsd") at iteration `it` of `total_iters`.
+
+    The one place a training loop asks for its learning rate; `decay_frac` matters to "wsd" only.
+    """
+    if schedule == "cosine":
+        return get_lr_cosine_schedule(it, max_learning_rate, min_learning_rate, warmup_iters, total_iters)
+    if schedule == "wsd":
+        return get_lr_wsd_schedule(it, max_learning_rate, min_learning_rate, warmup_iters, total_iters,
+                                   decay_frac)
+    raise ValueError(f"unknown learning-rate schedule {schedule!r}; expected one of {LR_SCHEDULES}")
 
 
 @torch.no_grad()
