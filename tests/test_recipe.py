@@ -1,0 +1,176 @@
+"""The modern-recipe model options and schedule: qk_norm attention against a float64 reference, zero-initialised
+projections, the warmup-stable-decay schedule at hand-worked iterations, and --recipe presets."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from NLM.min_lm.errors import UserError
+from NLM.min_lm.training import TrainConfig
+from NLM.min_lm.transformer import ModelConfig, MultiHeadSelfAttention, TransformerLM, load_model, save_checkpoint
+from NLM.min_lm.transformer.utils import get_lr_cosine_schedule, get_lr_wsd_schedule, lr_at
+
+# --- qk_norm -------------------------------------------------------------------------------------------------
+
+
+def reference_qk_norm_attention(x, wq, wk, wv, wo, q_gain, k_gain, num_heads, theta, eps):
+    """Causal attention with per-head RMSNorm of q and k before RoPE, in float64 with explicit loops."""
+    x, wq, wk, wv, wo, q_gain, k_gain = (t.double() for t in (x, wq, wk, wv, wo, q_gain, k_gain))
+    T, d = x.shape
+    hd = d // num_heads
+    out = torch.zeros(T, d, dtype=torch.float64)
+    for h in range(num_heads):
+        rows = slice(h * hd, (h + 1) * hd)
+        q, k, v = x @ wq[rows].T, x @ wk[rows].T, x @ wv[rows].T  # (T, hd)
+        q = q / torch.sqrt((q**2).mean(-1, keepdim=True) + eps) * q_gain
+        k = k / torch.sqrt((k**2).mean(-1, keepdim=True) + eps) * k_gain
+        for vec in (q, k):  # RoPE: rotate each adjacent pair (2i, 2i+1) by pos * theta^(-2i/hd)
+            for pos in range(T):
+                for i in range(hd // 2):
+                    angle = pos * theta ** (-2 * i / hd)
+                    a, b = vec[pos, 2 * i].clone(), vec[pos, 2 * i + 1].clone()
+                    vec[pos, 2 * i] = a * math.cos(angle) - b * math.sin(angle)
+                    vec[pos, 2 * i + 1] = a * math.sin(angle) + b * math.cos(angle)
+        scores = q @ k.T / math.sqrt(hd)
+        scores = scores.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
+        out[:, rows] = torch.softmax(scores, dim=-1) @ v
+    return out @ wo.T
+
+
+@pytest.mark.parametrize("attn_impl", ["reference", "sdpa"])
+def test_qk_norm_attention_matches_a_float64_reference(attn_impl):
+    torch.manual_seed(0)
+    attn = MultiHeadSelfAttention(32, 4, max_seq_len=16, theta=10000.0, attn_impl=attn_impl, qk_norm=True,
+                                  norm_eps=1e-5)
+    with torch.no_grad():  # gains other than 1, so a forgotten gain would show
+        attn.q_norm.weight.uniform_(0.5, 1.5)
+        attn.k_norm.weight.uniform_(0.5, 1.5)
+    x = torch.randn(12, 32)
+    expected = reference_qk_norm_attention(x, attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight,
+                                           attn.output_proj.weight, attn.q_norm.weight, attn.k_norm.weight,
+                                           num_heads=4, theta=10000.0, eps=1e-5)
+    torch.testing.assert_close(attn(x).double(), expected, atol=2e-5, rtol=1e-5)
+
+
+def test_qk_norm_adds_two_gains_per_layer_and_decodes_with_the_cache_as_without():
+    torch.manual_seed(0)
+    model = TransformerLM(vocab_size=50, context_length=16, d_model=32, num_layers=2, num_heads=4, d_ff=64,
+                          qk_norm=True).eval()
+    plain = TransformerLM(vocab_size=50, context_length=16, d_model=32, num_layers=2, num_heads=4, d_ff=64)
+    added = set(model.state_dict()) - set(plain.state_dict())
+    assert added == {f"layers.{i}.attn.{n}_norm.weight" for i in range(2) for n in "qk"}
+    assert model.layers[0].attn.q_norm.weight.shape == (8,)  # head_dim, shared by the heads
+    assert model.config.qk_norm and not plain.config.qk_norm
+
+    ids = torch.randint(0, 50, (2, 10))
+    with torch.no_grad():
+        full = model(ids)
+        cache = model.new_kv_cache(2)
+        steps = [model(ids[:, :6], kv_cache=cache)] + [model(ids[:, t : t + 1], kv_cache=cache)
+                                                        for t in range(6, 10)]
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
+
+
+# --- zero_init_proj ------------------------------------------------------------------------------------------
+
+
+def test_zero_init_proj_makes_every_block_start_as_the_identity():
+    torch.manual_seed(0)
+    model = TransformerLM(vocab_size=50, context_length=16, d_model=32, num_layers=3, num_heads=4, d_ff=64,
+                          zero_init_proj=True)
+    for layer in model.layers:
+        assert not layer.attn.output_proj.weight.any() and not layer.ffn.w2.weight.any()
+        assert layer.attn.q_proj.weight.any() and layer.ffn.w1.weight.any()  # the rest is random as usual
+    ids = torch.randint(0, 50, (2, 8))
+    # blocks add nothing yet, so logits are the head applied to the normalised embeddings
+    expected = model.lm_head(model.ln_final(model.token_embeddings(ids)))
+    torch.testing.assert_close(model(ids), expected)
+    # ...and the zero matrices still get a gradient (their input is not zero), so they learn
+    model(ids).sum().backward()
+    assert model.layers[0].attn.output_proj.weight.grad.abs().sum() > 0
+    assert model.layers[0].ffn.w2.weight.grad.abs().sum() > 0
+
+
+def test_model_options_live_in_the_config_and_old_checkpoints_load_unchanged(tmp_path):
+    torch.manual_seed(0)
+    model = TransformerLM(vocab_size=50, context_length=16, d_model=32, num_layers=2, num_heads=4, d_ff=64,
+                          qk_norm=True, zero_init_proj=True)
+    save_checkpoint(model, None, 0, tmp_path / "new.pt")
+    loaded, _ = load_model(tmp_path / "new.pt")
+    assert loaded.config == model.config and loaded.config.qk_norm
+    assert TransformerLM.from_config(model.config).config == model.config
+
+    plain = TransformerLM(vocab_size=50, context_length=16, d_model=32, num_layers=2, num_heads=4, d_ff=64)
+    save_checkpoint(plain, None, 0, tmp_path / "old.pt")
+    checkpoint = torch.load(tmp_path / "old.pt", weights_only=True)
+    for name in ("qk_norm", "zero_init_proj"):  # a checkpoint written before these options existed
+        del checkpoint["model_config"][name]
+    torch.save(checkpoint, tmp_path / "old.pt")
+    old, _ = load_model(tmp_path / "old.pt")
+    assert old.config == ModelConfig(50, 16, 32, 2, 4, 64)
+    ids = torch.randint(0, 50, (1, 8))
+    torch.testing.assert_close(old(ids), plain.eval()(ids))
+
+
+# --- the warmup-stable-decay schedule ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("it, expected", [
+    (0, 0.0), (5, 0.5), (10, 1.0),   # warmup 10: linear from 0
+    (50, 1.0), (79.9, 1.0), (80, 1.0),  # stable until 100 * (1 - 0.2) = 80
+    (85.5, 1 - 0.9 * 5.5 / 20),  # a fractional iteration, 5.5 of 20 decay steps from 1 towards 0.1
+    (90, 0.55), (99, 1 - 0.9 * 19 / 20), (100, 0.1), (150, 0.1),
+])
+def test_wsd_at_hand_worked_iterations(it, expected):
+    assert get_lr_wsd_schedule(it, 1.0, 0.1, warmup_iters=10, total_iters=100, decay_frac=0.2) == \
+        pytest.approx(expected, abs=1e-12)
+
+
+def test_wsd_edge_cases():
+    # no decay: constant until the end, then min; all decay: it starts right after warmup
+    assert get_lr_wsd_schedule(99, 1.0, 0.1, 10, 100, decay_frac=0.0) == 1.0
+    assert get_lr_wsd_schedule(100, 1.0, 0.1, 10, 100, decay_frac=0.0) == 0.1
+    assert get_lr_wsd_schedule(10, 1.0, 0.1, 10, 100, decay_frac=1.0) == 1.0
+    assert get_lr_wsd_schedule(55, 1.0, 0.1, 10, 100, decay_frac=1.0) == pytest.approx(0.55)
+    assert get_lr_wsd_schedule(0, 1.0, 0.1, 0, 100, decay_frac=0.2) == 1.0  # no warmup
+
+
+def test_lr_at_selects_the_schedule():
+    assert lr_at("cosine", 37.5, 100, 1.0, 0.1, 10) == get_lr_cosine_schedule(37.5, 1.0, 0.1, 10, 100)
+    assert lr_at("wsd", 90, 100, 1.0, 0.1, 10, decay_frac=0.2) == pytest.approx(0.55)
+    with pytest.raises(ValueError, match="unknown learning-rate schedule 'linear'"):
+        lr_at("linear", 1, 100, 1.0, 0.1, 10)
+
+
+# --- --recipe -----------------------------------------------------------------------------------------------
+
+
+def test_recipes_fill_unset_flags_and_explicit_flags_win():
+    base = TrainConfig(train_tokens="t.npy", val_tokens="v.npy")
+    assert (base.optimizer, base.qk_norm, base.zero_init_proj, base.lr_schedule) == ("adamw", False, False,
+                                                                                     "cosine")
+    fast = TrainConfig(train_tokens="t.npy", val_tokens="v.npy", recipe="speedrun")
+    assert (fast.optimizer, fast.qk_norm, fast.zero_init_proj, fast.lr_schedule) == ("muon", True, True, "wsd")
+    mixed = TrainConfig(train_tokens="t.npy", val_tokens="v.npy", recipe="speedrun", optimizer="adamw",
+                        qk_norm=False, decay_frac=0.5)
+    assert (mixed.optimizer, mixed.qk_norm, mixed.zero_init_proj, mixed.decay_frac) == ("adamw", False, True,
+                                                                                         0.5)
+    assert mixed.to_dict()["optimizer"] == "adamw"  # checkpoints record the values the run used
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"recipe": "fast"}, "--recipe must be one of baseline, speedrun, got 'fast'"),
+    ({"optimizer": "sgd"}, "--optimizer must be one of adamw, muon, got 'sgd'"),
+    ({"lr_schedule": "linear"}, "--lr_schedule must be one of cosine, wsd, got 'linear'"),
+    ({"decay_frac": 1.5}, "--decay_frac must lie in [0, 1], got 1.5"),
+    ({"decay_frac": -0.1}, "--decay_frac must lie in [0, 1], got -0.1"),
+    ({"muon_lr": -0.02}, "--muon_lr must not be negative, got -0.02"),
+    ({"optimizer": "muon", "lr_max": 0.0, "lr_min": 0.0}, "--optimizer muon needs --lr_max > 0"),
+])
+def test_bad_recipe_values_name_the_flag(change, message):
+    with pytest.raises(UserError) as info:
+        TrainConfig(train_tokens="t.npy", val_tokens="v.npy", **change)
+    assert message in str(info.value) and "\n" not in str(info.value)
