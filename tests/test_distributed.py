@@ -376,3 +376,19 @@ def test_a_user_mistake_under_torchrun_is_one_error_line_per_rank(token_files, t
     assert len(errors) == 2 and all(f"--val_tokens {missing}: no such file" in line for line in errors)
     assert "[rank0]: Traceback" not in result.stderr and "[rank1]: Traceback" not in result.stderr
     assert not (tmp_path / "model.pt").exists()
+
+
+def test_two_ranks_with_muon_train_like_one_process_with_the_global_batch(token_files, tmp_path):
+    """Muon orthogonalises the all-reduced gradient: every rank computes the same update, which is the one
+    a single process computes from the whole batch. (The speedrun recipe: Muon, qk_norm, zero-init, WSD.)"""
+    speedrun = {"recipe": "speedrun", "muon_lr": 0.05}
+    torchrun_train(train_flags(token_files, tmp_path / "two", **speedrun))
+    train_in_this_process(token_files, tmp_path / "one", **speedrun)
+    one_train, one_val = metrics(tmp_path / "one")
+    two_train, two_val = metrics(tmp_path / "two")
+    assert len(two_train) == 20 and len(two_val) == 2
+    np.testing.assert_allclose(two_train, one_train, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(two_val, one_val, rtol=0, atol=1e-5)
+    assert one_val[-1] < one_val[0] < one_train[0]
+    saved = torch.load(tmp_path / "two" / "model.pt", weights_only=True)
+    assert saved["train_config"]["optimizer"] == "muon" and len(saved["optimizer"]["optimizers"]) == 2

@@ -4,12 +4,16 @@ projections, the warmup-stable-decay schedule at hand-worked iterations, and --r
 from __future__ import annotations
 
 import math
+import signal
 
 import pytest
 import torch
+from train_helpers import as_argv, read_metrics, tiny_flags, train_losses, write_tokens
 
 from NLM.min_lm.errors import UserError
-from NLM.min_lm.training import TrainConfig
+from NLM.min_lm.scripts.train import main as train_main
+from NLM.min_lm.training import TrainConfig, train
+from NLM.min_lm.training import metrics as metrics_module
 from NLM.min_lm.transformer import ModelConfig, MultiHeadSelfAttention, TransformerLM, load_model, save_checkpoint
 from NLM.min_lm.transformer.utils import get_lr_cosine_schedule, get_lr_wsd_schedule, lr_at
 
@@ -174,3 +178,90 @@ def test_bad_recipe_values_name_the_flag(change, message):
     with pytest.raises(UserError) as info:
         TrainConfig(train_tokens="t.npy", val_tokens="v.npy", **change)
     assert message in str(info.value) and "\n" not in str(info.value)
+
+
+# --- the trainer with the recipe: accumulation, exact resume, flags -----------------------------------------
+
+
+@pytest.fixture
+def tokens(tmp_path):
+    return write_tokens(tmp_path, "train.npy"), write_tokens(tmp_path, "val.npy", n=1000, seed=1)
+
+
+def config(tmp_path, tokens, **overrides) -> TrainConfig:
+    train_path, val_path = tokens
+    flags = tiny_flags(train_tokens=str(train_path), val_tokens=str(val_path),
+                       checkpoint_path=str(tmp_path / "run" / "model.pt"), recipe="speedrun", muon_lr=0.05)
+    return TrainConfig(**{**flags, **overrides})
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_muon_with_gradient_accumulation_matches_one_big_batch(tmp_path, tokens):
+    big = train(config(tmp_path / "big", tokens, batch_size=8, max_iters=5, checkpoint_interval=5))
+    accumulated = train(config(tmp_path / "acc", tokens, batch_size=4, grad_accum_steps=2, max_iters=5,
+                               checkpoint_interval=5))
+    big_losses = train_losses(read_metrics(big.metrics_path))
+    acc_losses = train_losses(read_metrics(accumulated.metrics_path))
+    assert len(big_losses) == 5
+    for it in big_losses:
+        assert acc_losses[it] == pytest.approx(big_losses[it], abs=1e-5)
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("overrides", [{}, {"optimizer": "adamw"}, {"lr_schedule": "cosine"}],
+                         ids=["muon+wsd", "adamw+wsd", "muon+cosine"])
+def test_resume_with_muon_and_wsd_continues_exactly(tmp_path, tokens, monkeypatch, overrides):
+    """20 iterations straight == 10, stop (as Ctrl-C does), resume for 10 more: bitwise the same losses.
+    The WSD decay (the last 30% of 20) falls in the resumed half."""
+    straight = train(config(tmp_path / "a", tokens, **overrides))
+    write = metrics_module.MetricsLog.write
+
+    def write_then_interrupt(self, record):
+        write(self, record)
+        if record["iter"] == 10 and "loss" in record:
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(metrics_module.MetricsLog, "write", write_then_interrupt)
+    first = train(config(tmp_path / "b", tokens, **overrides))
+    assert first.interrupted and first.iterations == 10
+    monkeypatch.setattr(metrics_module.MetricsLog, "write", write)
+    second = train(config(tmp_path / "b", tokens, resume=True, **overrides))
+    straight_records, resumed_records = read_metrics(straight.metrics_path), read_metrics(second.metrics_path)
+    assert train_losses(resumed_records) == train_losses(straight_records)  # bitwise equal floats
+    lrs = {r["iter"]: r["lr"] for r in straight_records if "lr" in r}
+    if "lr_schedule" not in overrides:  # wsd: stable, then decaying (record i holds step i's lr, at it = i-1)
+        assert lrs[14] == lrs[15] == 3e-3 and lrs[20] < lrs[16] < 3e-3
+    a = torch.load(straight.checkpoint_path, weights_only=True)
+    b = torch.load(second.checkpoint_path, weights_only=True)
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_resume_refuses_another_optimizer_or_qk_norm(tmp_path, tokens):
+    train(config(tmp_path, tokens, max_iters=2))
+    with pytest.raises(UserError, match="trained with --optimizer muon, but --optimizer is adamw"):
+        train(config(tmp_path, tokens, max_iters=4, optimizer="adamw", resume=True))
+    with pytest.raises(UserError, match="has qk_norm True, but --qk_norm is False"):
+        train(config(tmp_path, tokens, max_iters=4, qk_norm=False, resume=True))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--optimizer", "sgd"], "argument --optimizer: invalid choice: 'sgd'"),
+    (["--lr_schedule", "linear"], "argument --lr_schedule: invalid choice: 'linear'"),
+    (["--recipe", "fast"], "argument --recipe: invalid choice: 'fast'"),
+    (["--muon_lr", "fast"], "argument --muon_lr: invalid float value: 'fast'"),
+    (["--muon_lr", "-1"], "error: --muon_lr must not be negative, got -1.0"),
+    (["--decay_frac", "2"], "error: --decay_frac must lie in [0, 1], got 2.0"),
+    (["--qk_norm", "yes"], "unrecognized arguments: yes"),
+])
+def test_bad_recipe_flags_are_one_line_exit_2(tmp_path, tokens, capsys, argv, message):
+    flags = as_argv(tiny_flags(train_tokens=str(tokens[0]), val_tokens=str(tokens[1]),
+                               checkpoint_path=str(tmp_path / "ckpt" / "model.pt")))
+    try:
+        status = train_main(flags + argv)
+    except SystemExit as e:  # argparse's own errors exit from inside
+        status = e.code
+    err = capsys.readouterr().err
+    assert status == 2 and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "ckpt").exists()
