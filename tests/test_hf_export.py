@@ -327,3 +327,76 @@ def test_cli_export_and_import(tmp_path, checkpoint, tokenizer_files, capsys):
     err = capsys.readouterr().err
     assert "num_key_value_heads" in err and err.count("\n") == 1
     assert not (tmp_path / "gqa.pt").exists()
+
+
+# --- qk_norm models are Qwen3 models ------------------------------------------------------------------------
+
+QK_CONFIG = ModelConfig(**{**CONFIG.__dict__, "qk_norm": True, "zero_init_proj": True})
+
+
+@pytest.fixture(scope="module")
+def qk_checkpoint(tmp_path_factory):
+    """A random qk_norm model with gains far from 1 (a wrongly ordered q/k gain would change the logits)."""
+    torch.manual_seed(1)
+    model = TransformerLM.from_config(QK_CONFIG)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.2) if p.dim() == 2 else p.uniform_(0.3, 2.0)
+    path = tmp_path_factory.mktemp("qk_ckpt") / "model.pt"
+    save_checkpoint(model, None, 0, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def qk_exported(tmp_path_factory, qk_checkpoint, tokenizer_files):
+    return export_hf(qk_checkpoint, *tokenizer_files, tmp_path_factory.mktemp("qk_export") / "hf")
+
+
+def test_qk_norm_model_exports_as_qwen3_with_equal_logits(qk_checkpoint, qk_exported):
+    config = json.loads((qk_exported / "config.json").read_text())
+    assert config["model_type"] == "qwen3" and config["architectures"] == ["Qwen3ForCausalLM"]
+    hf = transformers.AutoModelForCausalLM.from_pretrained(qk_exported, dtype=torch.float32).eval()
+    assert type(hf).__name__ == "Qwen3ForCausalLM"
+    model, _ = load_model(qk_checkpoint)
+    generator = torch.Generator().manual_seed(2)
+    ids = torch.randint(0, CONFIG.vocab_size, (3, CONFIG.context_length), generator=generator)
+    with torch.no_grad():
+        ours, theirs = model(ids), hf(ids).logits
+    assert ours.std() > 1.0
+    assert (ours - theirs).abs().max() <= 1e-4
+
+
+def test_qwen3_export_then_import_is_bit_identical(tmp_path, qk_checkpoint, qk_exported):
+    original = read_checkpoint(qk_checkpoint)
+    back = read_checkpoint(import_hf(qk_exported, tmp_path / "b.pt"))
+    # zero_init_proj only chose the starting weights; the imported model has the same weights and shape
+    assert back["model_config"] == {**original["model_config"], "zero_init_proj": False}
+    assert back["model"].keys() == original["model"].keys()
+    for name, tensor in original["model"].items():
+        assert torch.equal(back["model"][name], tensor), name
+
+
+def test_import_of_a_qwen3_written_by_transformers(tmp_path):
+    torch.manual_seed(4)
+    hf_config = transformers.Qwen3Config(
+        vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=4, head_dim=8, max_position_embeddings=32, rms_norm_eps=1e-6,
+        tie_word_embeddings=False, rope_parameters={"rope_type": "default", "rope_theta": 1000.0},
+    )
+    hf = transformers.Qwen3ForCausalLM(hf_config).eval()
+    with torch.no_grad():
+        for layer in hf.model.layers:  # gains far from 1, different per dimension
+            layer.self_attn.q_norm.weight.uniform_(0.3, 2.0)
+            layer.self_attn.k_norm.weight.uniform_(0.3, 2.0)
+    hf.save_pretrained(tmp_path / "hf")
+    model, _ = load_model(import_hf(tmp_path / "hf", tmp_path / "model.pt"))
+    assert model.config == ModelConfig(96, 32, 32, 2, 4, 64, rope_theta=1000.0, norm_eps=1e-6, qk_norm=True)
+    ids = torch.randint(0, 96, (2, 32))
+    with torch.no_grad():
+        assert (model(ids) - hf(ids).logits).abs().max() <= 1e-5
+
+
+def test_qwen3_with_sliding_window_is_refused():
+    qwen3 = {**LLAMA, "model_type": "qwen3", "use_sliding_window": True}
+    with pytest.raises(UserError, match="use_sliding_window"):
+        from_llama_config(qwen3, "config.json")

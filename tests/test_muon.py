@@ -88,9 +88,9 @@ def reference_muon(W0, grads_of, steps, lr, momentum, weight_decay, nesterov=Tru
             for _ in range(5):
                 A = X @ X.T
                 X = a * X + (b * A + c * A @ A) @ X
-            O = X.T if U.shape[0] > U.shape[1] else X
+            orthogonalised = X.T if U.shape[0] > U.shape[1] else X
             scale = max(1.0, w.shape[0] / w.shape[1]) ** 0.5
-            W[i] = w * (1 - lr * weight_decay) - lr * scale * O
+            W[i] = w * (1 - lr * weight_decay) - lr * scale * orthogonalised
     return W
 
 

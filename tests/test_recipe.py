@@ -1,5 +1,6 @@
-"""The modern-recipe model options and schedule: qk_norm attention against a float64 reference, zero-initialised
-projections, the warmup-stable-decay schedule at hand-worked iterations, and --recipe presets."""
+"""The modern recipe's model options and schedule: qk_norm attention against a float64 reference,
+zero-initialised projections, the warmup-stable-decay schedule at hand-worked iterations, --recipe presets,
+and the trainer with them (gradient accumulation, exact resume, flag errors)."""
 
 from __future__ import annotations
 
@@ -14,10 +15,16 @@ from NLM.min_lm.errors import UserError
 from NLM.min_lm.scripts.train import main as train_main
 from NLM.min_lm.training import TrainConfig, train
 from NLM.min_lm.training import metrics as metrics_module
-from NLM.min_lm.transformer import ModelConfig, MultiHeadSelfAttention, TransformerLM, load_model, save_checkpoint
+from NLM.min_lm.transformer import (
+    ModelConfig,
+    MultiHeadSelfAttention,
+    TransformerLM,
+    load_model,
+    save_checkpoint,
+)
 from NLM.min_lm.transformer.utils import get_lr_cosine_schedule, get_lr_wsd_schedule, lr_at
 
-# --- qk_norm -------------------------------------------------------------------------------------------------
+# --- qk_norm ------------------------------------------------------------------------------------------------
 
 
 def reference_qk_norm_attention(x, wq, wk, wv, wo, q_gain, k_gain, num_heads, theta, eps):
@@ -78,7 +85,7 @@ def test_qk_norm_adds_two_gains_per_layer_and_decodes_with_the_cache_as_without(
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
 
 
-# --- zero_init_proj ------------------------------------------------------------------------------------------
+# --- zero_init_proj -----------------------------------------------------------------------------------------
 
 
 def test_zero_init_proj_makes_every_block_start_as_the_identity():
@@ -157,7 +164,8 @@ def test_recipes_fill_unset_flags_and_explicit_flags_win():
     assert (base.optimizer, base.qk_norm, base.zero_init_proj, base.lr_schedule) == ("adamw", False, False,
                                                                                      "cosine")
     fast = TrainConfig(train_tokens="t.npy", val_tokens="v.npy", recipe="speedrun")
-    assert (fast.optimizer, fast.qk_norm, fast.zero_init_proj, fast.lr_schedule) == ("muon", True, True, "wsd")
+    assert (fast.optimizer, fast.qk_norm, fast.zero_init_proj, fast.lr_schedule) == ("muon", True, True,
+                                                                                     "wsd")
     mixed = TrainConfig(train_tokens="t.npy", val_tokens="v.npy", recipe="speedrun", optimizer="adamw",
                         qk_norm=False, decay_frac=0.5)
     assert (mixed.optimizer, mixed.qk_norm, mixed.zero_init_proj, mixed.decay_frac) == ("adamw", False, True,

@@ -5,7 +5,7 @@ load without a network: config.json, generation_config.json, model.safetensors, 
 tokenizer_config.json and special_tokens_map.json. The directory is built under a temporary name beside
 the target and renamed into place, so it is either complete or absent.
 
-`import_hf` reads a Llama-shaped directory (safetensors weights, one file or sharded) into a min_lm
+`import_hf` reads a Llama- or Qwen3-shaped directory (safetensors weights, one file or sharded) into a min_lm
 checkpoint that `load_model` (and so every min_lm command) reads; with `vocab_path`/`merges_path` it also
 writes the tokenizer, when tokenizer.json is a GPT-2-style byte-level BPE.
 """
@@ -144,7 +144,7 @@ def export_hf(
     dtype: str | None = None,
     force: bool = False,
 ) -> Path:
-    """Write checkpoint + tokenizer as a Hugging Face Llama directory `out`; returns its path.
+    """Write checkpoint + tokenizer as a Hugging Face Llama directory `out` (Qwen3 for a qk_norm model).
 
     The first special token (default `<|endoftext|>`) becomes BOS, EOS and the padding token for generation.
     `dtype` (float32 / bfloat16 / float16) converts the weights; by default they keep the checkpoint's dtype.

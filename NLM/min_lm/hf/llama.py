@@ -6,6 +6,10 @@ rotates pairs of query/key dimensions; we pair adjacent dimensions (2i, 2i+1) as
 while Hugging Face's Llama pairs dimension i with i + head_dim/2 ("rotate_half"). Reordering the rows of
 q_proj and k_proj within each head (even rows first, then odd rows) turns one layout into the other. Since
 attention only uses the dot products q·k, and both are reordered alike, the model computes the same function.
+
+A model with `qk_norm` is a Qwen3: the same block plus an RMSNorm of each head's queries and keys before
+RoPE (`self_attn.q_norm`, `self_attn.k_norm`). Their gains act on the head's dimensions, so they are
+reordered like the rows of q_proj / k_proj; an RMS itself does not depend on the order.
 """
 
 from __future__ import annotations
@@ -34,16 +38,31 @@ OTHER_WEIGHTS = {
     "ln_final.weight": "model.norm.weight",
     "lm_head.weight": "lm_head.weight",
 }
+QK_NORM_WEIGHTS = {  # Qwen3 only
+    "attn.q_norm.weight": "self_attn.q_norm.weight",
+    "attn.k_norm.weight": "self_attn.k_norm.weight",
+}
 ROTATED = ("attn.q_proj.weight", "attn.k_proj.weight")
+ROTATED_GAINS = ("attn.q_norm.weight", "attn.k_norm.weight")  # one head_dim vector, shared by the heads
 
 
-def weight_names(num_layers: int) -> dict[str, str]:
+def weight_names(num_layers: int, qk_norm: bool = False) -> dict[str, str]:
     """Every weight of a model with `num_layers` layers: our name -> Hugging Face's."""
     names = dict(OTHER_WEIGHTS)
+    layer_weights = {**LAYER_WEIGHTS, **QK_NORM_WEIGHTS} if qk_norm else LAYER_WEIGHTS
     for i in range(num_layers):
-        for ours, theirs in LAYER_WEIGHTS.items():
+        for ours, theirs in layer_weights.items():
             names[f"layers.{i}.{ours}"] = f"model.layers.{i}.{theirs}"
     return names
+
+
+def _reorder(name: str, tensor: torch.Tensor, num_heads: int, reorder) -> torch.Tensor:
+    """Apply a RoPE row reordering to the q/k projections and the q/k norm gains; other weights pass."""
+    if name.endswith(ROTATED):
+        return reorder(tensor, num_heads)
+    if name.endswith(ROTATED_GAINS):
+        return reorder(tensor.unsqueeze(-1), 1).squeeze(-1)
+    return tensor
 
 
 def adjacent_to_half_split(weight: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -67,17 +86,12 @@ def half_split_to_adjacent(weight: torch.Tensor, num_heads: int) -> torch.Tensor
 
 def to_llama_weights(state_dict: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
     """Our state dict as Hugging Face LlamaForCausalLM's (renamed, q/k rows reordered for RoPE)."""
-    names = weight_names(config.num_layers)
+    names = weight_names(config.num_layers, config.qk_norm)
     missing = sorted(set(names) - set(state_dict))
     if missing:
         raise UserError(f"the checkpoint's model lacks weights {', '.join(missing[:3])}")
-    hf: dict[str, torch.Tensor] = {}
-    for ours, theirs in names.items():
-        tensor = state_dict[ours]
-        if ours.endswith(ROTATED):
-            tensor = adjacent_to_half_split(tensor, config.num_heads)
-        hf[theirs] = tensor.contiguous()
-    return hf
+    return {theirs: _reorder(ours, state_dict[ours], config.num_heads, adjacent_to_half_split).contiguous()
+            for ours, theirs in names.items()}
 
 
 def from_llama_weights(
@@ -87,7 +101,7 @@ def from_llama_weights(
     tensors = dict(tensors)
     if tied and "model.embed_tokens.weight" in tensors:
         tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"]
-    names = weight_names(config.num_layers)
+    names = weight_names(config.num_layers, config.qk_norm)
     missing = sorted(set(names.values()) - set(tensors))
     if missing:
         raise UserError(f"{source}: missing weights {', '.join(missing[:3])}")
@@ -95,23 +109,20 @@ def from_llama_weights(
     unknown = sorted(n for n in set(tensors) - set(names.values()) if not n.endswith("rotary_emb.inv_freq"))
     if unknown:
         raise UserError(f"{source}: weights that min_lm's Llama does not have: {', '.join(unknown[:3])}")
-    ours: dict[str, torch.Tensor] = {}
-    for our_name, their_name in names.items():
-        tensor = tensors[their_name]
-        if our_name.endswith(ROTATED):
-            tensor = half_split_to_adjacent(tensor, config.num_heads)
-        ours[our_name] = tensor.clone()
-    return ours
+    return {ours: _reorder(ours, tensors[theirs], config.num_heads, half_split_to_adjacent).clone()
+            for ours, theirs in names.items()}
 
 
 def to_llama_config(
     config: ModelConfig, bos_token_id: int | None, eos_token_id: int | None, dtype: torch.dtype
 ) -> dict[str, Any]:
-    """The `config.json` of the equivalent LlamaForCausalLM.
+    """The `config.json` of the equivalent LlamaForCausalLM (Qwen3ForCausalLM for a qk_norm model).
 
     RoPE's base is written both as `rope_theta` (transformers 4.x) and `rope_parameters` (5.x).
     """
     dtype_name = str(dtype).removeprefix("torch.")
+    qwen3 = {"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "use_sliding_window": False,
+             "sliding_window": None, "max_window_layers": config.num_layers}
     return {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
@@ -140,6 +151,7 @@ def to_llama_config(
         "use_cache": True,
         "torch_dtype": dtype_name,
         "dtype": dtype_name,
+        **(qwen3 if config.qk_norm else {}),
     }
 
 
@@ -157,13 +169,14 @@ def _rope_theta(hf: dict[str, Any], source: str) -> float:
 
 
 def from_llama_config(hf: dict[str, Any], source: str) -> tuple[ModelConfig, bool]:
-    """Our ModelConfig for a Hugging Face Llama `config.json` (and whether its embeddings are tied).
+    """Our ModelConfig for a Hugging Face Llama or Qwen3 `config.json` (and whether its embeddings are tied).
 
     Raises UserError naming the first field that our architecture cannot represent.
     """
-    if hf.get("model_type") != "llama":
-        model_type = hf.get("model_type")
-        raise UserError(f"{source}: model_type is {model_type!r}; only 'llama' models can be imported")
+    model_type = hf.get("model_type")
+    if model_type not in ("llama", "qwen3"):
+        raise UserError(f"{source}: model_type is {model_type!r}; only 'llama' and 'qwen3' models can be "
+                        f"imported")
 
     def expect(field: str, wanted: Any, default: Any) -> None:
         value = hf.get(field)
@@ -183,6 +196,7 @@ def from_llama_config(hf: dict[str, Any], source: str) -> tuple[ModelConfig, boo
             d_ff=int(hf["intermediate_size"]),
             rope_theta=_rope_theta(hf, source),
             norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+            qk_norm=model_type == "qwen3",
         )
     except KeyError as e:
         raise UserError(f"{source}: missing field {e.args[0]!r}") from None
@@ -192,4 +206,6 @@ def from_llama_config(hf: dict[str, Any], source: str) -> tuple[ModelConfig, boo
     expect("attention_bias", False, False)
     expect("mlp_bias", False, False)
     expect("pretraining_tp", 1, 1)
+    if model_type == "qwen3":
+        expect("use_sliding_window", False, False)  # every layer attends to the whole context
     return config, bool(hf.get("tie_word_embeddings", False))

@@ -49,9 +49,9 @@ from NLM.min_lm.transformer import (
     param_groups,
     save_checkpoint,
 )
+from NLM.min_lm.transformer.checkpoint import load_model_state, read_checkpoint, restore_checkpoint
 from NLM.min_lm.transformer.optim import CombinedOptimizer, muon_with_adamw, set_lr
 from NLM.min_lm.transformer.utils import lr_at
-from NLM.min_lm.transformer.checkpoint import load_model_state, read_checkpoint, restore_checkpoint
 
 # the model's shape: a checkpoint can only be resumed by a run that builds the same one
 _SHAPE_FIELDS = ("vocab_size", "context_length", "d_model", "num_layers", "num_heads", "d_ff", "qk_norm")
