@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from NLM.min_lm.corpus import (
     EOS,
@@ -148,3 +149,18 @@ def test_quickstart_on_user_data(tmp_path, capsys):
     assert summary["corpus"] == "1 file(s) from --data" and summary["iterations"] == 20
     assert (out_dir / "valid.txt").read_text().startswith("Story ")
     assert Path(summary["files"]["checkpoint"]).is_file()
+
+
+def test_quickstart_with_the_speedrun_recipe(tmp_path):
+    data = tmp_path / "story.txt"
+    data.write_text(EOS.join(f"Story {i}: the cat sat on mat number {i}.\n" * 3 for i in range(200)))
+    out_dir = tmp_path / "run"
+    argv = ["--data", str(data), "--out_dir", str(out_dir), "--tiny", "--max_iters", "20", "--d_model", "32",
+            "--num_samples", "1", "--sample_tokens", "10", "--no-progress", "--device", "cpu",
+            "--recipe", "speedrun"]
+    assert main(argv) == 0
+    summary = json.loads((out_dir / "summary.json").read_text())
+    assert summary["model_config"]["qk_norm"] and summary["model_config"]["zero_init_proj"]
+    saved = torch.load(out_dir / "model.pt", weights_only=True)
+    assert saved["train_config"]["optimizer"] == "muon" and saved["train_config"]["lr_schedule"] == "wsd"
+    assert summary["best_val_loss"] < math.log(summary["vocab_size"])  # it learned: better than uniform

@@ -3,6 +3,7 @@
     minlm quickstart                  # the default run: ~6 minutes on 2 CPU cores
     minlm quickstart --tiny           # ~10 seconds: a tiny corpus and model, every stage once
     minlm quickstart --data a.txt     # your own UTF-8 text instead of the built-in corpus
+    minlm quickstart --recipe speedrun  # train with Muon, QK-norm, zero-init and WSD (see minlm train)
 
 The built-in corpus is the Python standard library's own source code, read from this Python's
 installation (nothing is downloaded). Each stage calls the library function behind one of the other
@@ -42,6 +43,7 @@ from NLM.min_lm.scripts import tokenize, train_tokenizer
 from NLM.min_lm.scripts.args import arg, parse_config, run_cli
 from NLM.min_lm.tokenization import BPETokenizer
 from NLM.min_lm.training import TrainConfig, train
+from NLM.min_lm.training.config import RECIPES
 from NLM.min_lm.transformer import TransformerLM, load_model
 from NLM.min_lm.transformer.sampling import generate
 
@@ -91,6 +93,8 @@ class QuickstartConfig:
     batch_size: int | None = _size("batch_size", "sequences per batch")
     max_iters: int | None = _size("max_iters", "training iterations")
     lr_max: float | None = _size("lr_max", "peak learning rate")
+    recipe: str = field(default="baseline", metadata=arg("training recipe, as minlm train --recipe",
+                                                        choices=tuple(RECIPES)))
     sample_tokens: int | None = _size("sample_tokens", "new tokens per sample")
     num_samples: int = field(default=3, metadata=arg("samples to generate at the end"))
     prompt: str = field(default="", metadata=arg("text the samples start with, after <|endoftext|> "
@@ -166,6 +170,7 @@ def train_config(config: QuickstartConfig, vocab_size: int, out_dir: Path) -> Tr
         num_layers=config.num_layers, num_heads=config.num_heads, lr_max=config.lr_max,
         lr_min=config.lr_max / 10, warmup_iters=max(1, iters // 20), max_iters=iters,
         eval_interval=max(1, iters // 10), eval_iters=10, checkpoint_interval=iters, seed=config.seed,
+        recipe=config.recipe,
         checkpoint_path=str(out_dir / "model.pt"), device=config.device, quiet=not config.progress)
 
 
