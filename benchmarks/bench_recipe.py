@@ -30,13 +30,8 @@ import numpy as np
 import torch
 from machine import machine_info
 
-from NLM.min_lm.scripts.quickstart import (
-    DEFAULT,
-    QuickstartConfig,
-    make_corpus,
-    make_token_ids,
-    make_tokenizer,
-)
+from NLM.min_lm.quickstart.config import DEFAULT, QuickstartConfig
+from NLM.min_lm.quickstart.pipeline import make_corpus, make_token_ids, make_tokenizer
 from NLM.min_lm.training import TrainConfig, train
 from NLM.min_lm.training.config import default_d_ff
 from NLM.min_lm.transformer import AdamW, TransformerLM, cross_entropy, param_groups
@@ -50,8 +45,8 @@ def prepare_data(out_dir: Path) -> None:
     """The quickstart's stages 1-3 with its defaults: train.npy, valid.npy and the tokenizer in out_dir."""
     config = QuickstartConfig(out_dir=str(out_dir), device="cpu", progress=False)
     corpus, _ = make_corpus(config, out_dir)
-    vocab_path, merges_path = make_tokenizer(config, corpus, out_dir)
-    make_token_ids(config, corpus, vocab_path, merges_path, out_dir)
+    tokenizer, _, _ = make_tokenizer(config, corpus, out_dir)
+    make_token_ids(config, corpus, tokenizer, out_dir)
 
 
 def run_one(job: dict) -> dict:
