@@ -246,12 +246,16 @@ def test_resume_with_muon_and_wsd_continues_exactly(tmp_path, tokens, monkeypatc
 
 
 @pytest.mark.usefixtures("one_thread")
-def test_resume_refuses_another_optimizer_or_qk_norm(tmp_path, tokens):
+def test_resume_refuses_another_optimizer_or_qk_norm_but_not_another_init(tmp_path, tokens):
     train(config(tmp_path, tokens, max_iters=2))
     with pytest.raises(UserError, match="trained with --optimizer muon, but --optimizer is adamw"):
         train(config(tmp_path, tokens, max_iters=4, optimizer="adamw", resume=True))
-    with pytest.raises(UserError, match="has qk_norm True, but --qk_norm is False"):
+    with pytest.raises(UserError, match="has qk_norm True, but the flags give --qk_norm False"):
         train(config(tmp_path, tokens, max_iters=4, qk_norm=False, resume=True))
+    # zero_init_proj only picks starting weights: fine-tuning from the checkpoint does not care
+    tuned = train(config(tmp_path / "tuned", tokens, max_iters=2, zero_init_proj=False,
+                         init_from=str(tmp_path / "run" / "model.pt")))
+    assert tuned.iterations == 2
 
 
 @pytest.mark.parametrize("argv, message", [
