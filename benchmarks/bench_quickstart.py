@@ -1,6 +1,6 @@
 """Time the main job, `minlm quickstart` with its defaults, and record its losses.
 
-The issue's bar: it finishes in at most 10 minutes on 2 CPU cores, and its validation loss ends well
+The bar: it finishes in at most 10 minutes on 2 CPU cores, and its validation loss ends well
 below the unigram entropy of the corpus (the best loss a model that ignores context can reach). The run
 goes to a temporary directory; its summary (without the run's file paths, which name that temporary
 directory and this machine's Python installation), the wall time and the machine go to

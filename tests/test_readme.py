@@ -143,8 +143,20 @@ def check_library_usage(namespace: dict) -> None:
     assert namespace["text"] == namespace["tokenizer"].decode(output.tolist())
 
 
+def check_load_model(namespace: dict) -> None:
+    """The trained model continues the prompt and stops at <|endoftext|> or after 100 new tokens."""
+    tok, ids = namespace["tok"], namespace["ids"].tolist()
+    prompt = tok.encode("Once upon a time")
+    assert ids[: len(prompt)] == prompt and len(prompt) < len(ids) <= len(prompt) + 100
+    eos = tok.encode("<|endoftext|>")[0]
+    assert eos not in ids[:-1] and (len(ids) == len(prompt) + 100 or ids[-1] == eos)
+
+
 # Blocks whose result is worth more than "it ran": (file, heading, ordinal) -> a check of the namespace.
-CHECKS = {("README.md", "Library usage", 0): check_library_usage}
+CHECKS = {
+    ("README.md", "Library usage", 0): check_library_usage,
+    ("README.md", "Library usage", 1): check_load_model,
+}
 
 
 @pytest.mark.parametrize("block", PYTHON_BLOCKS, ids=lambda b: b.id)
