@@ -211,6 +211,7 @@ def documented_uses() -> list[tuple[str, str, list[str]]]:
         for line in command_lines(path):
             for found in COMMAND.finditer(line):
                 name = found.group(1) or modules.get(found.group(2), found.group(2))
+                name = cli.ALIASES.get(name, name)
                 tail = line[found.end():].split("#")[0]
                 flags = re.findall(r"(?<![\w-])(--[a-z][\w-]*)", tail)
                 uses.append((path.name, name, flags))
@@ -252,3 +253,23 @@ def test_relative_links_resolve(path):
             headings = [slug(line.lstrip("#")) for line in linked.read_text(encoding="utf-8").split("\n")
                         if line.startswith("#")]
             assert anchor in headings, f"{path.name}: no heading #{anchor} in {linked.name}"
+
+
+def code_map() -> list[str]:
+    """The paths in the first column of the README's "Where things live" table, relative to NLM/min_lm."""
+    text = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    table = text[text.index("## Where things live"):].split("\n\n")[1]
+    rows = [line.split("|")[1] for line in table.split("\n")[2:]]
+    return [path for row in rows for path in re.findall(r"`([^`]+)`", row)]
+
+
+def test_code_map_names_every_module_and_only_real_ones():
+    package = REPO_ROOT / "NLM" / "min_lm"
+    listed = code_map()
+    assert len(listed) >= 15
+    for path in listed:
+        assert (package / path).exists(), f"README's code map names {path}, which is not in NLM/min_lm"
+    modules = [p.relative_to(package).as_posix() for p in package.rglob("*.py") if p.name != "__init__.py"]
+    folders = [path for path in listed if path.endswith("/")]
+    unmapped = [m for m in modules if m not in listed and not any(m.startswith(f) for f in folders)]
+    assert not unmapped, f"modules missing from the README's code map: {unmapped}"
