@@ -6,6 +6,7 @@ exported directory, tiktoken for GPT-2's vocabulary, and the original checkpoint
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -19,7 +20,12 @@ from hypothesis import strategies as st  # noqa: E402
 
 from NLM.min_lm.errors import UserError  # noqa: E402
 from NLM.min_lm.hf import export_hf, import_hf  # noqa: E402
-from NLM.min_lm.hf.llama import adjacent_to_half_split, from_llama_config, half_split_to_adjacent  # noqa: E402
+from NLM.min_lm.hf.llama import (  # noqa: E402
+    adjacent_to_half_split,
+    from_llama_config,
+    half_split_to_adjacent,
+    to_llama_config,
+)
 from NLM.min_lm.hf.tokenizer_json import byte_level_bpe_from_tokenizer_json, tokenizer_json  # noqa: E402
 from NLM.min_lm.scripts import export_hf as export_script  # noqa: E402
 from NLM.min_lm.scripts import import_hf as import_script  # noqa: E402
@@ -400,3 +406,17 @@ def test_qwen3_with_sliding_window_is_refused():
     qwen3 = {**LLAMA, "model_type": "qwen3", "use_sliding_window": True}
     with pytest.raises(UserError, match="use_sliding_window"):
         from_llama_config(qwen3, "config.json")
+
+
+def test_export_refuses_a_model_option_hf_cannot_express():
+    """A ModelConfig option with no Llama/Qwen3 field is refused by name rather than silently dropped."""
+
+    @dataclasses.dataclass
+    class FutureConfig(ModelConfig):  # e.g. logit soft-capping, which neither Llama nor Qwen3 has
+        logit_softcap: float = 0.0
+
+    with pytest.raises(UserError, match="model option logit_softcap=30.0 has no equivalent") as info:
+        to_llama_config(FutureConfig(**QK_CONFIG.__dict__, logit_softcap=30.0), 0, 0, torch.float32)
+    assert "\n" not in str(info.value)
+    written = to_llama_config(FutureConfig(**QK_CONFIG.__dict__), 0, 0, torch.float32)  # off: nothing to say
+    assert written["model_type"] == "qwen3"

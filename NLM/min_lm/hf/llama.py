@@ -14,6 +14,7 @@ reordered like the rows of q_proj / k_proj; an RMS itself does not depend on the
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -56,6 +57,9 @@ CONFIG_FIELDS = {
     "norm_eps": "rms_norm_eps",
 }
 RMS_NORM_EPS_DEFAULT = 1e-6  # transformers' LlamaConfig default, for a config.json that leaves it out
+# ModelConfig fields an export expresses: those above, RoPE's base, qk_norm (by writing a Qwen3), and
+# zero_init_proj (it only chose the starting weights). Any other option is refused by name, not dropped.
+EXPRESSED_FIELDS = {*CONFIG_FIELDS, "rope_theta", "qk_norm", "zero_init_proj"}
 
 
 def weight_names(num_layers: int, qk_norm: bool = False) -> dict[str, str]:
@@ -132,6 +136,11 @@ def to_llama_config(
 
     RoPE's base is written both as `rope_theta` (transformers 4.x) and `rope_parameters` (5.x).
     """
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if f.name not in EXPRESSED_FIELDS and value != f.default:
+            raise UserError(f"the model option {f.name}={value!r} has no equivalent in a Hugging Face "
+                            f"Llama or Qwen3 model; export-hf cannot write it")
     dtype_name = str(dtype).removeprefix("torch.")
     qwen3 = {"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "use_sliding_window": False,
              "sliding_window": None, "max_window_layers": config.num_layers}
