@@ -11,6 +11,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-tokenizer": ("train_tokenizer", "train a byte-level BPE tokenizer on a text file"),
     "tokenize": ("tokenize", "encode text files into .npy token arrays"),
     "train": ("train", "train a Transformer LM on .npy token arrays"),
+    "eval": ("evaluate", "score a checkpoint on held-out tokens or text: loss, perplexity, bits/byte"),
     "generate": ("generate", "sample text from a checkpoint"),
     "export": ("export_hf", "export a checkpoint + tokenizer to a Hugging Face directory"),
     "import-hf": ("import_hf", "import a Llama-shaped Hugging Face model as a checkpoint"),
