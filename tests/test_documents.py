@@ -12,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from NLM.min_lm.errors import UserError
+from NLM.min_lm.tokenization import END_OF_TEXT as EOS
 from NLM.min_lm.tokenization import documents
 from NLM.min_lm.tokenization.documents import (
-    EOS,
     BadRecords,
     corpus_name,
     iter_texts,

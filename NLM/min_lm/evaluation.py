@@ -19,13 +19,18 @@ bytes instead of tokens, so models with different tokenizers compare: bpb = nats
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from NLM.min_lm.tokenization import END_OF_TEXT, BPETokenizer
+from NLM.min_lm.tokenization.documents import BadRecords, iter_texts
 from NLM.min_lm.transformer import TransformerLM
 
 
@@ -94,3 +99,22 @@ def evaluate_tokens(model: TransformerLM, tokens: np.ndarray, stride: int | None
     return EvalResult(loss=loss, perplexity=math.exp(min(loss, 700)), tokens=scored, windows=len(plan),
                       context_length=context_length, stride=stride, num_bytes=num_bytes,
                       bits_per_byte=bits_per_byte)
+
+
+def encode_corpus(tokenizer: BPETokenizer, files: list[Path], text_field: str = "text",
+                  bad_records: BadRecords | None = None) -> tuple[np.ndarray, int]:
+    """The corpus's ids preceded by the end-of-text id, and the corpus's size in UTF-8 bytes.
+
+    A document starts after end-of-text in training, so with it in front every token of the text is
+    scored, and bits per byte count every byte."""
+    num_bytes = 0
+
+    def counted(pieces: Iterable[str]) -> Iterator[str]:
+        nonlocal num_bytes
+        for piece in pieces:
+            num_bytes += len(piece.encode("utf-8"))
+            yield piece
+
+    ids = tokenizer.encode_iterable(counted(iter_texts(files, text_field, bad_records)))
+    start = [tokenizer.encode(END_OF_TEXT)[0]] if END_OF_TEXT in tokenizer.special_tokens else []
+    return np.fromiter(itertools.chain(start, ids), dtype=np.int64), num_bytes

@@ -17,13 +17,10 @@ import json
 import sys
 from dataclasses import dataclass, field
 
-import numpy as np
-
+from NLM.min_lm.args import arg, run_command
 from NLM.min_lm.errors import UserError
-from NLM.min_lm.scripts.args import arg, parse_config, run_cli
-from NLM.min_lm.training.config import DTYPES
-
-EOS = "<|endoftext|>"
+from NLM.min_lm.options import TRAIN_DTYPES
+from NLM.min_lm.tokenization.tokenizer import END_OF_TEXT
 
 
 @dataclass
@@ -34,6 +31,8 @@ class EvalConfig:
                                                         ".jsonl.gz, .json or .parquet file, folder or glob"))
     vocab_path: str | None = field(default=None, metadata=arg("the tokenizer's vocab.json (with --text)"))
     merges_path: str | None = field(default=None, metadata=arg("the tokenizer's merges.txt (with --text)"))
+    special_tokens: list[str] = field(default_factory=lambda: [END_OF_TEXT],
+                                      metadata=arg("the tokenizer's special tokens (with --text)"))
     text_field: str = field(default="text", metadata=arg("the field (column) holding the text in JSON and "
                                                          "Parquet records"))
     skip_bad_records: bool = field(default=False, metadata=arg("skip and count records without usable text "
@@ -43,7 +42,7 @@ class EvalConfig:
     batch_size: int = field(default=8, metadata=arg("windows per forward pass"))
     device: str = field(default="auto", metadata=arg("auto (cuda, then mps, then cpu), cpu, cuda, "
                                                      "cuda:N or mps"))
-    dtype: str = field(default="float32", metadata=arg("compute dtype", choices=DTYPES))
+    dtype: str = field(default="float32", metadata=arg("compute dtype", choices=TRAIN_DTYPES))
     json: bool = field(default=False, metadata=arg("print the result as one JSON object"))
     progress: bool = field(default=True, metadata=arg("show a progress bar"))
 
@@ -59,20 +58,35 @@ class EvalConfig:
 
 
 def run(config: EvalConfig):
-    """Score the checkpoint on the data; print and return the EvalResult."""
-    from NLM.min_lm.distributed import DistContext, resolve_device
-    from NLM.min_lm.evaluation import evaluate_tokens
+    """Score the checkpoint on the data; print and return the EvalResult (torch is imported here, so --help
+    stays fast)."""
+    from NLM.min_lm.device import resolve_device
+    from NLM.min_lm.evaluation import encode_corpus, evaluate_tokens
+    from NLM.min_lm.generation import load_model_for
+    from NLM.min_lm.tokenization import load_tokenizer
+    from NLM.min_lm.tokenization.documents import BadRecords, resolve_inputs
+    from NLM.min_lm.training.data import open_tokens
     from NLM.min_lm.transformer import load_model
 
-    model, _ = load_model(config.checkpoint, resolve_device(config.device, DistContext()))
-    vocab_size, context_length = model.config.vocab_size, model.config.context_length
-    if config.stride is not None and config.stride > context_length:
-        raise UserError(f"--stride {config.stride} exceeds the model's context length {context_length}")
     if config.tokens is not None:
-        tokens, num_bytes, source = _load_tokens(config.tokens, vocab_size), None, config.tokens
+        model, _ = load_model(config.checkpoint, resolve_device(config.device))
+        # at least 2 tokens (one to score), every id inside the model's vocabulary
+        tokens = open_tokens(config.tokens, "--tokens", model.config.vocab_size, context_length=1)
+        num_bytes, source = None, config.tokens
     else:
-        tokens, num_bytes = _encode_text(config, vocab_size)
+        tokenizer = load_tokenizer(config.vocab_path, config.merges_path, config.special_tokens)
+        model = load_model_for(tokenizer, config.checkpoint, config.device, config.vocab_path)
+        bad_records = BadRecords(skip=config.skip_bad_records)
+        files = resolve_inputs(config.text, "--text")
+        tokens, num_bytes = encode_corpus(tokenizer, files, config.text_field, bad_records)
+        if bad_records.count:
+            print(f"warning: {bad_records.summary()}", file=sys.stderr)
+        if num_bytes == 0:
+            raise UserError(f"--text {config.text}: no text to score")
         source = config.text
+    if config.stride is not None and config.stride > model.config.context_length:
+        raise UserError(f"--stride {config.stride} exceeds the model's context length "
+                        f"{model.config.context_length}")
     result = evaluate_tokens(model, tokens, config.stride, config.batch_size, config.dtype, num_bytes,
                              progress=config.progress and not config.json)
     if config.json:
@@ -80,39 +94,6 @@ def run(config: EvalConfig):
     else:
         print(format_result(result, config.checkpoint, source))
     return result
-
-
-def _load_tokens(path: str, vocab_size: int) -> np.ndarray:
-    from NLM.min_lm.training.data import open_tokens
-
-    return open_tokens(path, "--tokens", vocab_size, context_length=1)  # at least 2 tokens: one to score
-
-
-def _encode_text(config: EvalConfig, vocab_size: int) -> tuple[np.ndarray, int]:
-    """EOS + the corpus's ids, and the corpus's size in UTF-8 bytes."""
-    from NLM.min_lm.scripts.generate import load_tokenizer
-    from NLM.min_lm.tokenization.documents import BadRecords, iter_texts, resolve_inputs
-
-    tokenizer = load_tokenizer(config.vocab_path, config.merges_path, [EOS])
-    if len(tokenizer) > vocab_size:
-        raise UserError(f"the tokenizer ({config.vocab_path}: {len(tokenizer)} tokens) does not match the "
-                        f"model ({config.checkpoint}: vocab_size {vocab_size})")
-    bad_records = BadRecords(skip=config.skip_bad_records)
-    num_bytes = 0
-
-    def counted(pieces):
-        nonlocal num_bytes
-        for piece in pieces:
-            num_bytes += len(piece.encode("utf-8"))
-            yield piece
-
-    texts = iter_texts(resolve_inputs(config.text, "--text"), config.text_field, bad_records)
-    ids = [tokenizer.encode(EOS)[0], *tokenizer.encode_iterable(counted(texts))]
-    if bad_records.count:
-        print(f"warning: {bad_records.summary()}", file=sys.stderr)
-    if num_bytes == 0:
-        raise UserError(f"--text {config.text}: no text to score")
-    return np.array(ids, dtype=np.int64), num_bytes
 
 
 def format_result(result, checkpoint: str, source: str) -> str:
@@ -125,8 +106,7 @@ def format_result(result, checkpoint: str, source: str) -> str:
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m NLM.min_lm.scripts.evaluate") -> int:
-    config = parse_config(EvalConfig, argv, prog, __doc__)
-    return run_cli(lambda: run(config))
+    return run_command(EvalConfig, run, argv, prog, __doc__)
 
 
 if __name__ == "__main__":

@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from NLM.min_lm.errors import UserError
+from NLM.min_lm.tokenization.tokenizer import END_OF_TEXT
 
-EOS = "<|endoftext|>"
 READ_BYTES = 1 << 20  # bytes read from a text or JSON file at a time
 PARQUET_BATCH_ROWS = 4096
 # file name suffix -> format; a file named or globbed explicitly with another suffix is read as plain text
@@ -112,19 +112,19 @@ def corpus_name(spec: str) -> str:
 
 def iter_texts(files: list[Path], text_field: str = "text", bad_records: BadRecords | None = None,
                on_bytes: OnBytes | None = None) -> Iterator[str]:
-    """The documents of `files`, in order, joined by EOS, as a stream of strings (a long .txt document
+    """The documents of `files`, in order, joined by END_OF_TEXT, as a stream of strings (a long .txt document
     comes in several pieces). Concatenated, the strings are the corpus text."""
     started = False
     for path in files:
         if file_format(path) in (None, "text"):
             if started:
-                yield EOS
+                yield END_OF_TEXT
             yield from read_text_file(path, on_bytes)
             started = True
             continue
         for document in read_records(path, text_field, bad_records, on_bytes):
             if started:
-                yield EOS
+                yield END_OF_TEXT
             yield document
             started = True
 
