@@ -263,10 +263,11 @@ class Trainer:
         return get_lr_cosine_schedule(it, c.lr_max, c.lr_min, c.warmup_iters, c.max_iters)
 
     def budget_spent(self) -> bool:
-        """Whether the iterations or the time are used up. The time is rank 0's, sent to every process,
-        so all of them use the same learning rate and stop after the same iteration."""
+        """Whether the iterations or the time are used up. Under torchrun the time is rank 0's, sent to
+        every process every `log_interval` iterations (a collective waits for the GPU, so not after every
+        step), so all of them use the same learning rate and stop after the same iteration."""
         c = self.config
-        if c.time_budget is not None:
+        if c.time_budget is not None and (not self.ctx.enabled or self.iteration % c.log_interval == 0):
             elapsed = self.elapsed() if self.ctx.is_main else 0.0
             self.agreed_elapsed = all_reduce_mean(elapsed, self.ctx, self.device) * self.ctx.world_size
         return budget_spent(self.iteration, c.max_iters, self.agreed_elapsed, c.time_budget)
