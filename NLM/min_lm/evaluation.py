@@ -91,7 +91,7 @@ def evaluate_tokens(model: TransformerLM, tokens: np.ndarray, stride: int | None
         log_probs = torch.log_softmax(logits.float(), dim=-1)
         nll = -log_probs.gather(-1, batch[:, 1:, None]).squeeze(-1)  # (windows, length)
         keep = torch.arange(length, device=device)[None, :] >= torch.from_numpy(skips).to(device)[:, None]
-        total += nll[keep].double().sum().item()
+        total += nll[keep].cpu().double().sum().item()  # float64 on the CPU: MPS has none
         scored += int(keep.sum())
     model.train(was_training)
     loss = total / scored
