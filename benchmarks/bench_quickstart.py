@@ -23,7 +23,8 @@ from pathlib import Path
 from machine import machine_info
 
 from NLM.min_lm.corpus import stdlib_root
-from NLM.min_lm.scripts.quickstart import QuickstartConfig, run
+from NLM.min_lm.quickstart.config import QuickstartConfig
+from NLM.min_lm.quickstart.pipeline import run_quickstart
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -35,7 +36,7 @@ def main() -> None:
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        summary = run(QuickstartConfig(out_dir=tmp, tiny=args.tiny, device="cpu", progress=False))
+        summary = run_quickstart(QuickstartConfig(out_dir=tmp, tiny=args.tiny, device="cpu", progress=False))
         wall = time.perf_counter() - start
     load_after = os.getloadavg()
     cores = os.cpu_count() or 1

@@ -75,8 +75,8 @@ def main(mode: str, out: Path) -> None:
             (out / f"mean{ctx.rank}.txt").write_text(repr(all_reduce_mean(ctx.rank + 1.0, ctx, device)))
         elif mode == "budget":  # rank 0's clock: 6 s per iteration; rank 1's: 60 s
             clock = StepClock(seconds_per_iteration=6.0 * (1 + 9 * ctx.rank))
-            clock.trainer = Trainer(TrainConfig(**json.loads((out / "config.json").read_text())), ctx, device,
-                                    clock)
+            config = TrainConfig(**json.loads((out / "config.json").read_text()))
+            clock.trainer = Trainer(config, ctx, device, clock=clock)
             result = clock.trainer.run()
             (out / f"iterations{ctx.rank}.txt").write_text(str(result.iterations))
         elif mode == "fail":

@@ -51,7 +51,7 @@ def test_budget_spent_by_iterations_or_time():
 
 
 def run(config: TrainConfig, clock: StepClock):
-    trainer = Trainer(config, DistContext(), torch.device("cpu"), clock)
+    trainer = Trainer(config, DistContext(), torch.device("cpu"), clock=clock)
     clock.trainer = trainer
     return trainer.run()
 

@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from NLM.min_lm.scripts.generate import main
-from NLM.min_lm.tokenization import BPETokenizer, train_bpe
+from NLM.min_lm.tokenization import END_OF_TEXT, BPETokenizer, train_bpe
 from NLM.min_lm.transformer import TransformerLM, load_model, save_checkpoint
 from NLM.min_lm.transformer.sampling import generate
 
-EOS = "<|endoftext|>"
+EOS = END_OF_TEXT
 STORY = (
     "Once upon a time there was a little fox. The fox liked to run in the forest. "
     "One day the fox met a bear. The bear said: hello, little fox! Café crème, naïve, déjà vu. "

@@ -31,7 +31,8 @@ class Preset:
 
 # The default run trains for a fixed time, so the command takes the same few minutes on any machine (a
 # faster one trains on more tokens; max_iters only caps it). Sizes tuned on 2 CPU cores for the best
-# validation loss in that time (see the README). The tiny run is a fixed number of iterations.
+# validation loss in that time (benchmarks/results/bench_quickstart.json holds the measured run). The
+# tiny run is a fixed number of iterations.
 DEFAULT = Preset(max_bytes=12_000_000, vocab_size=4096, context_length=256, d_model=128, num_layers=4,
                  num_heads=4, batch_size=16, max_iters=100_000, minutes=5.0, lr_max=5e-3, sample_tokens=200)
 TINY = Preset(max_bytes=300_000, vocab_size=512, context_length=64, d_model=64, num_layers=2, num_heads=4,

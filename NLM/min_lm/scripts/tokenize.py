@@ -16,12 +16,15 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from NLM.min_lm.args import arg, run_command
 from NLM.min_lm.errors import UserError
 from NLM.min_lm.tokenization import END_OF_TEXT, load_tokenizer
 from NLM.min_lm.tokenization.documents import corpus_name, resolve_inputs
-from NLM.min_lm.tokenization.encode_files import EncodedFile, encode_files, format_summary
+
+if TYPE_CHECKING:
+    from NLM.min_lm.tokenization.encode_files import EncodedFile
 
 
 @dataclass
@@ -48,6 +51,9 @@ class TokenizeConfig:
 
 def run(config: TokenizeConfig) -> list[EncodedFile]:
     """Encode each input to `output_dir/<name>.npy`; returns what was written."""
+    # numpy: imported only when the command runs, so --help answers at once
+    from NLM.min_lm.tokenization.encode_files import encode_files, format_summary
+
     inputs = [resolve_inputs(spec, "--inputs") for spec in config.inputs]  # all checked before any work
     outputs = [Path(config.output_dir) / f"{corpus_name(spec)}.npy" for spec in config.inputs]
     if len(set(outputs)) < len(outputs):
