@@ -3,9 +3,9 @@
 The bar: the whole command takes at most 6 minutes on 2 CPU cores, whatever the CPU (its training is
 time-budgeted: --minutes, 5 by default), and its validation loss ends well below the unigram entropy of
 the corpus (the best loss a model that ignores context can reach). Reported: total wall time, tokens seen,
-validation loss. The run goes to a temporary directory; its summary, the wall time, the load average
-before and after (a machine busy with other work trains on fewer tokens in the same minutes) and the
-machine go to benchmarks/results/bench_quickstart.json.
+validation loss. The run goes to a temporary directory; its summary (without the run's file paths), the
+wall time, the load average before and after (a machine busy with other work trains on fewer tokens in
+the same minutes) and the machine go to benchmarks/results/bench_quickstart.json.
 
     python benchmarks/bench_quickstart.py            # the default run (under 6 minutes)
     python benchmarks/bench_quickstart.py --tiny     # the ~10-second run the tests use
@@ -27,6 +27,13 @@ from NLM.min_lm.quickstart.config import QuickstartConfig
 from NLM.min_lm.quickstart.pipeline import run_quickstart
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def portable(summary: dict) -> dict:
+    """The summary without local paths: results are committed, and a path says nothing on another machine."""
+    kept = {key: value for key, value in summary.items() if key != "files"}
+    kept["corpus"] = kept["corpus"].replace(f" from {stdlib_root()}", "")
+    return kept
 
 
 def main() -> None:
@@ -53,15 +60,12 @@ def main() -> None:
         print(f"{name:<32}{value}")
     out = RESULTS / f"bench_quickstart{'_tiny' if args.tiny else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    # no temporary or machine-local paths in the results
-    summary["files"] = {name: Path(path).name for name, path in summary["files"].items()}
-    summary["corpus"] = summary["corpus"].replace(str(stdlib_root()), "<python stdlib>")
     out.write_text(json.dumps({"benchmark": "minlm quickstart" + (" --tiny" if args.tiny else ""),
                                "wall_seconds": wall, "target": "wall_seconds <= 360 on 2 cores",
                                "tokens_seen": summary["tokens_seen"],
                                "best_val_loss": summary["best_val_loss"],
                                "load_average_1min": {"before": load_before[0], "after": load_after[0]},
-                               "machine_loaded_by_other_work": loaded, "summary": summary,
+                               "machine_loaded_by_other_work": loaded, "summary": portable(summary),
                                "machine": machine_info()}, indent=2) + "\n")
     print(f"wrote {out}")
 
