@@ -35,18 +35,20 @@ BLOCK_CHARS = 1 << 20  # characters encoded per task
 
 @dataclass
 class EncodedFile:
-    inputs: list[Path]  # the files read, in order, as one corpus
+    input_path: Path  # the file read, or the folder holding the files read
     output_path: Path
     num_tokens: int
     num_bytes: int  # UTF-8 bytes of the text encoded
     seconds: float
+    files: list[Path] = field(default_factory=list)  # the files read, in order, as one corpus
     bad_records: BadRecords = field(default_factory=BadRecords)  # the records skipped, if any
 
     @property
     def source(self) -> str:
-        if len(self.inputs) == 1:
-            return str(self.inputs[0])
-        return f"{len(self.inputs)} files in {os.path.commonpath(self.inputs)}"
+        """What was read, for messages: the file, or "N files in <folder>"."""
+        if len(self.files) <= 1:
+            return str(self.input_path)
+        return f"{len(self.files)} files in {self.input_path}"
 
 
 def token_dtype(tokenizer: BPETokenizer) -> np.dtype:
@@ -102,7 +104,9 @@ def encode_file(tokenizer: BPETokenizer, pool: multiprocessing.pool.Pool | None,
             num_bytes += block_bytes
         raw.seek(0)
         write_npy(raw, dtype, num_tokens, output_path)
-    return EncodedFile(files, output_path, num_tokens, num_bytes, time.perf_counter() - start, bad_records)
+    input_path = files[0] if len(files) == 1 else Path(os.path.commonpath(files))
+    return EncodedFile(input_path, output_path, num_tokens, num_bytes, time.perf_counter() - start, files,
+                       bad_records)
 
 
 def write_npy(raw: BinaryIO, dtype: np.dtype, length: int, path: Path) -> None:
