@@ -229,7 +229,7 @@ class Trainer:
         self.sampler.load_state(saved["sampler_state"])
         self.best_val_loss = saved["best_val_loss"] if saved["best_val_loss"] is not None else math.inf
         self.elapsed_before = saved["elapsed"]
-        if budget_spent(0, 1, self.elapsed_before, self.config.time_budget):
+        if self.config.time_budget is not None and self.elapsed_before >= self.config.time_budget:
             raise UserError(f"--resume: {path} has already trained {self.elapsed_before / 60:.1f} minutes; "
                             f"raise --max_minutes (now {self.config.max_minutes}) to train further")
         self.saved_iteration = self.iteration
