@@ -8,7 +8,7 @@ import sys
 # subcommand -> (module under NLM.min_lm.scripts, one-line summary)
 COMMANDS: dict[str, tuple[str, str]] = {
     "quickstart": ("quickstart", "the whole pipeline on a built-in corpus: tokenizer, model, samples"),
-    "train-tokenizer": ("train_tokenizer", "train a byte-level BPE tokenizer on a corpus (text, JSONL, Parquet)"),
+    "train-tokenizer": ("train_tokenizer", "train a byte-level BPE tokenizer on text, JSONL or Parquet"),
     "tokenize": ("tokenize", "encode corpora (text, JSON lines, Parquet) into .npy token arrays"),
     "train": ("train", "train a Transformer LM on .npy token arrays"),
     "eval": ("evaluate", "score a checkpoint on held-out tokens or text: loss, perplexity, bits/byte"),
