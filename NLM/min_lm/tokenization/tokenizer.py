@@ -26,8 +26,9 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from functools import cache
+from heapq import heapify, heappop, heappush
 from itertools import chain, pairwise
 from pathlib import Path
 
@@ -89,24 +90,33 @@ class _Cache(dict):
     speed and Python code runs only on a miss (`__missing__`). When `max_size` entries are held,
     they become the previous generation and the cache starts empty; an entry asked for again moves
     back from there at the cost of a lookup, the rest are dropped at the next turnover (roughly
-    least-recently-used, with no bookkeeping on hits). So at most 2 * max_size entries are kept.
+    least-recently-used, with no bookkeeping on hits). So at most 2 * max_size entries are kept,
+    and none longer than `max_key_chars`: a long text rarely repeats, and storing it would let a
+    few huge inputs hold memory in proportion to their size.
     """
 
-    def __init__(self, compute: Callable[[str], tuple[int, ...]], max_size: int) -> None:
+    def __init__(self, compute: Callable[[str], tuple[int, ...]], max_size: int, max_key_chars: int) -> None:
         super().__init__()
         self._compute = compute
         self._max_size = max_size
+        self._max_key_chars = max_key_chars
         self._previous: dict[str, tuple[int, ...]] = {}
 
     def __missing__(self, text: str) -> tuple[int, ...]:
+        if len(text) > self._max_key_chars:
+            return self._compute(text)
         ids = self._previous.get(text)
         if ids is None:
             ids = self._compute(text)
         if len(self) >= self._max_size:
-            self._previous = dict(self)
-            self.clear()
+            self._turn_over()
         self[text] = ids
         return ids
+
+    def _turn_over(self) -> None:
+        """Start a new generation: the current entries become the previous ones."""
+        self._previous = dict(self)
+        self.clear()
 
 
 # The characters the `regex` module (and tiktoken) count as `\s`: Unicode's White_Space. Python's
@@ -144,6 +154,8 @@ class BPETokenizer:
     #: Maximum number of cached chunks, and of cached pre-tokens, per cache generation (two are
     #: kept, see `_Cache`): this bounds memory whatever the input.
     CACHE_SIZE = 1 << 17
+    #: Longer chunks and pre-tokens are encoded every time, not cached (see `_Cache`).
+    CACHED_CHARS = 256
     #: `encode_iterable` encodes in blocks of about this many characters.
     BLOCK_CHARS = 1 << 20
 
@@ -200,8 +212,8 @@ class BPETokenizer:
             self._merge_rank.setdefault((ids[0], ids[1]), rank)
             self._merged_id.append(ids[2])
 
-        self._chunk_ids = _Cache(self._encode_chunk, self.CACHE_SIZE)
-        self._pretoken_ids = _Cache(self._encode_pretoken, self.CACHE_SIZE)
+        self._chunk_ids = _Cache(self._encode_chunk, self.CACHE_SIZE, self.CACHED_CHARS)
+        self._pretoken_ids = _Cache(self._encode_pretoken, self.CACHE_SIZE, self.CACHED_CHARS)
 
     # ---------------------------------------------------------------------------------- files
 
@@ -249,18 +261,23 @@ class BPETokenizer:
         block = block_chars or self.BLOCK_CHARS
         pending: list[str] = []
         pending_chars = 0
+        wait_for = block  # look for a cut once this many characters are pending
         for text in texts:
             pending.append(text)
             pending_chars += len(text)
-            if pending_chars < block:
+            if pending_chars < wait_for:
                 continue
             buffer = "".join(pending)
             start = 0
+            wait_for = block
             while len(buffer) - start >= block:
                 cut = self._last_safe_cut(buffer, start, start + block)
                 if cut == start:
                     cut = self._last_safe_cut(buffer, start, len(buffer))
                     if cut == start:
+                        # No cut yet: search again only once the text has doubled, so that a long
+                        # stretch without one costs linear time, not a rescan per piece of input.
+                        wait_for = 2 * (len(buffer) - start)
                         break
                 yield buffer[start:cut]
                 start = cut
@@ -332,10 +349,14 @@ class BPETokenizer:
         leftmost one on ties) until no adjacent pair has a merge.
 
         `ranks[i]` is the rank of the pair (ids[i], ids[i + 1]); a merge changes only its two
-        neighbours' ranks, so each step is a C-speed `min` and `index` plus two dict lookups.
+        neighbours' ranks, so each step is a C-speed `min` and `index` plus two dict lookups. That
+        is quadratic in the length, which only matters for long pre-tokens (a run of spaces, a DNA
+        string, base64): those go to `merge_with_heap`, which is O(n log n) but slower when short.
         """
         ids = [self._byte_ids[b] for b in token]
         rank_of, merged_id = self._merge_rank, self._merged_id
+        if len(ids) > SHORT_PRETOKEN_BYTES:
+            return merge_with_heap(ids, rank_of, merged_id)
         never = len(merged_id)
         ranks = [rank_of.get(pair, never) for pair in pairwise(ids)]
         while ranks:
@@ -369,6 +390,53 @@ class BPETokenizer:
     def __repr__(self) -> str:
         return (f"BPETokenizer(vocab={len(self.vocab)}, merges={len(self.merges)}, "
                 f"special_tokens={self.special_tokens})")
+
+
+# --------------------------------------------------------------------------------------------------
+# The byte-pair merge of a long pre-token
+# --------------------------------------------------------------------------------------------------
+
+#: Pre-tokens of at most this many bytes merge by rescanning a list of ranks (`BPETokenizer._merge`),
+#: longer ones with a heap (`merge_with_heap`); measured, the two cost the same at about 32 bytes.
+SHORT_PRETOKEN_BYTES = 32
+
+
+def merge_with_heap(
+    ids: list[int], rank_of: Mapping[tuple[int, int], int], merged_id: Sequence[int]
+) -> list[int]:
+    """Merge the lowest-ranked adjacent pair of `ids` (the leftmost on ties) until none has a rank.
+
+    The same result as rescanning all pairs after each merge, in O(n log n) instead of O(n^2):
+    - the parts live in a doubly linked list (`left[i]`, `right[i]` are the neighbours of the part
+      that starts at byte i; `ids[i]` is None once that part has been merged into its left one);
+    - a heap holds (rank, i) for each adjacent pair, so the next merge is the smallest entry, and
+      on equal ranks the smallest i, the leftmost pair;
+    - a merge changes only the pairs with its two neighbours: those are pushed, and instead of
+      removing the entries that became stale, each popped entry is checked against the list
+      (lazy invalidation). Each merge pushes at most two entries, so the heap holds fewer than 3n.
+    `rank_of` maps a pair of ids to its merge's rank and `merged_id[rank]` is the merged id.
+    """
+    ids = list(ids)
+    n = len(ids)
+    left = list(range(-1, n - 1))
+    right = list(range(1, n + 1))  # n: no right neighbour
+    heap = [(rank, i) for i, pair in enumerate(pairwise(ids)) if (rank := rank_of.get(pair)) is not None]
+    heapify(heap)
+    while heap:
+        rank, i = heappop(heap)
+        j = right[i]
+        if j == n or rank_of.get((ids[i], ids[j])) != rank:
+            continue  # stale: part i or j was merged since this entry was pushed
+        ids[i], ids[j] = merged_id[rank], None
+        k = right[i] = right[j]
+        if k < n:
+            left[k] = i
+            if (new_rank := rank_of.get((ids[i], ids[k]))) is not None:
+                heappush(heap, (new_rank, i))
+        h = left[i]
+        if h >= 0 and (new_rank := rank_of.get((ids[h], ids[i]))) is not None:
+            heappush(heap, (new_rank, h))
+    return [token_id for token_id in ids if token_id is not None]
 
 
 # --------------------------------------------------------------------------------------------------
