@@ -26,6 +26,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
+from array import array
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from functools import cache
 from heapq import heapify, heappop, heappush
@@ -36,6 +38,7 @@ import regex
 
 from NLM.min_lm.errors import UserError
 from NLM.min_lm.fileio import atomic_path
+from NLM.min_lm.tokenization.native import native_module
 from NLM.min_lm.tokenization.pretokenize import GPT2_ASCII_REGEX, GPT2_REGEX, special_token_regex
 
 # --------------------------------------------------------------------------------------------------
@@ -133,6 +136,21 @@ WHITESPACE = "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f
 # the same way on its own.
 _CHUNK_RE = re.compile(f"[{WHITESPACE}]?[^{WHITESPACE}]+|[{WHITESPACE}]+(?![^{WHITESPACE}])")
 
+
+@cache
+def char_classes() -> bytes:
+    """The class of each code point in GPT-2's pattern: 1 letter (`\\p{L}`), 2 number (`\\p{N}`),
+    3 whitespace (`\\s`), 0 anything else; as the `regex` module itself decides, for the compiled core.
+    """
+    code_points = array("I", range(0x110000)).tobytes()  # 4-byte ints in the machine's byte order
+    every_char = code_points.decode(f"utf-32-{sys.byteorder[0]}e", "surrogatepass")
+    table = bytearray(len(every_char))
+    for code, pattern in ((1, r"\p{L}+"), (2, r"\p{N}+"), (3, r"\s+")):
+        for match in regex.finditer(pattern, every_char):
+            table[match.start() : match.end()] = bytes([code]) * (match.end() - match.start())
+    return bytes(table)
+
+
 # The last place where non-whitespace meets whitespace, a safe place to cut a stream: searching
 # backwards from the end, `match.end()` is that place.
 _LAST_WORD_END_RE = regex.compile(r"\S(?=\s)", flags=regex.REVERSE)
@@ -146,6 +164,9 @@ class BPETokenizer:
         index r has rank r (lower merges first), and `left + right` must be in the vocab.
     special_tokens: strings encoded as one id each and never split; those not already in the
         vocab get new ids after the largest one.
+    native: run the encoding loops in the compiled core (`_encode_core.c`) when it is built
+        (None: unless MINLM_PURE_PYTHON=1), or in Python (False); True insists on the core.
+        Both give the same ids; `core` says which one runs.
 
     Instances keep caches of encoded chunks, so share one tokenizer rather than rebuild it; they
     are not safe to use from several threads at once.
@@ -164,6 +185,7 @@ class BPETokenizer:
         vocab: dict[int, bytes],
         merges: list[tuple[bytes, bytes]],
         special_tokens: list[str] | None = None,
+        native: bool | None = None,
     ) -> None:
         self.vocab: dict[int, bytes] = dict(vocab)
         self.merges: list[tuple[bytes, bytes]] = list(merges)
@@ -214,6 +236,29 @@ class BPETokenizer:
 
         self._chunk_ids = _Cache(self._encode_chunk, self.CACHE_SIZE, self.CACHED_CHARS)
         self._pretoken_ids = _Cache(self._encode_pretoken, self.CACHE_SIZE, self.CACHED_CHARS)
+        self._native = self._native_encoder(native)
+
+    def _native_encoder(self, native: bool | None):
+        """The compiled twin of this tokenizer's encoding tables, or None to encode in Python.
+
+        The core numbers tokens by their position in `id_objects` (ids can be any ints), and takes
+        the character classes of GPT-2's pattern as a table, so that it splits text exactly as
+        the `regex` module does.
+        """
+        core = native_module("_encode_core", native)
+        if core is None:
+            return None
+        id_objects = tuple(self.vocab)
+        index = {token_id: i for i, token_id in enumerate(id_objects)}
+        merges = [(index[left], index[right], rank, index[self._merged_id[rank]])
+                  for (left, right), rank in self._merge_rank.items()]
+        return core.Encoder(id_objects=id_objects, byte_index=[index[i] for i in self._byte_ids],
+                            merges=merges, whole_tokens=self._whole_token_ids, char_classes=char_classes())
+
+    @property
+    def core(self) -> str:
+        """Which encoder runs: "C" (the compiled core) or "Python"."""
+        return "Python" if self._native is None else "C"
 
     # ---------------------------------------------------------------------------------- files
 
@@ -328,8 +373,10 @@ class BPETokenizer:
         """Encode text that holds no special tokens: the ids of its chunks, each from the cache.
 
         Everything here runs in C loops (findall, map, chain); Python code runs only for a chunk
-        the cache lacks.
+        the cache lacks. The compiled core does the same in one C loop, with the same cache.
         """
+        if self._native is not None:
+            return self._native.encode_ordinary(text, self._chunk_ids)
         return list(chain.from_iterable(map(self._chunk_ids.__getitem__, _CHUNK_RE.findall(text))))
 
     def _encode_chunk(self, chunk: str) -> tuple[int, ...]:
