@@ -3,8 +3,7 @@
  * tokenizer.py is the reference: every function here names its Python twin, computes the same
  * result and is tested against it (tests/test_tokenizer_native.py). The Python object is
  * `Encoder`, built once per tokenizer by `BPETokenizer._native_encoder` from tables the tokenizer
- * already has; it holds only immutable data (ints, strings, bytes), and the chunk cache it fills is
- * the tokenizer's own `_Cache`, passed in on each call, so both paths share one bounded cache.
+ * already has, and its own chunk cache (`ChunkCache`, the twin of `_Cache`, bounded the same way).
  *
  * Tokens are numbered internally by their *index* in `id_objects` (a dense 0..V-1 numbering of the
  * vocab's ids, which may be any Python ints); output ids are the Python ints themselves.
@@ -25,11 +24,11 @@ enum { OTHER = 0, LETTER = 1, NUMBER = 2, SPACE = 3 };
 
 /* Pre-tokens at least this long are merged with the GIL released (shorter ones: not worth it). */
 #define RELEASE_GIL_BYTES 4096
+/* A new cache generation starts with room for this many chunks, and grows up to the cache size. */
+#define INITIAL_CACHE_ENTRIES 512
 /* Pre-tokens up to this long are merged in stack buffers, longer ones in heap memory. */
 #define STACK_BYTES 128
 
-/* Attribute names of the Python cache (`_Cache`), interned once at import. */
-static PyObject *str_previous, *str_max_size, *str_max_key_chars, *str_turn_over;
 
 /* ---------------------------------------------------------------------------------------------
  * The merge table: (left index, right index) -> (rank, merged index); twin of the tokenizer's
@@ -68,18 +67,231 @@ static inline const PairSlot *find_pair(const PairSlot *pairs, size_t mask, int3
 }
 
 /* ---------------------------------------------------------------------------------------------
+ * The chunk cache: twin of `_Cache` (tokenizer.py). Keys are the chunk's code points, hashed with
+ * SipHash-1-3 under a random key (so that no input can be crafted to collide), looked up in place
+ * in the text without making a string; values are token indices. Two generations of at most
+ * `max_size` entries each, and no key longer than `max_key_chars`, as in `_Cache`.
+ * ------------------------------------------------------------------------------------------- */
+
+typedef struct {
+    int kind;
+    const void *data;
+    Py_ssize_t length;
+} Text;
+
+static inline Py_UCS4 char_at(Text t, Py_ssize_t i)
+{
+    return PyUnicode_READ(t.kind, t.data, i);
+}
+
+static Text text_of(PyObject *str)
+{
+    return (Text){PyUnicode_KIND(str), PyUnicode_DATA(str), PyUnicode_GET_LENGTH(str)};
+}
+
+#define ROTL(x, b) (uint64_t)(((x) << (b)) | ((x) >> (64 - (b))))
+#define SIPROUND                                                                                   \
+    do {                                                                                           \
+        v0 += v1; v1 = ROTL(v1, 13); v1 ^= v0; v0 = ROTL(v0, 32);                                  \
+        v2 += v3; v3 = ROTL(v3, 16); v3 ^= v2;                                                     \
+        v0 += v3; v3 = ROTL(v3, 21); v3 ^= v0;                                                     \
+        v2 += v1; v1 = ROTL(v1, 17); v1 ^= v2; v2 = ROTL(v2, 32);                                  \
+    } while (0)
+
+/* SipHash-1-3 of t[start:end], two code points per 64-bit word; the last word holds the length
+ * and, for an odd length, the last code point (or 0x110000, which is no code point). */
+static uint64_t hash_chars(const uint64_t key[2], Text t, Py_ssize_t start, Py_ssize_t end)
+{
+    uint64_t v0 = key[0] ^ 0x736f6d6570736575ULL, v1 = key[1] ^ 0x646f72616e646f6dULL;
+    uint64_t v2 = key[0] ^ 0x6c7967656e657261ULL, v3 = key[1] ^ 0x7465646279746573ULL;
+    Py_ssize_t i = start;
+    for (; i + 1 < end; i += 2) {
+        uint64_t m = (uint64_t)char_at(t, i) | ((uint64_t)char_at(t, i + 1) << 32);
+        v3 ^= m;
+        SIPROUND;
+        v0 ^= m;
+    }
+    uint64_t m = (i < end ? (uint64_t)char_at(t, i) : 0x110000) | ((uint64_t)(end - start) << 32);
+    v3 ^= m;
+    SIPROUND;
+    v0 ^= m;
+    v2 ^= 0xff;
+    SIPROUND;
+    SIPROUND;
+    SIPROUND;
+    return v0 ^ v1 ^ v2 ^ v3;
+}
+
+/* One cached chunk: its code points, then its ids (token indices), in one allocation. */
+typedef struct {
+    uint64_t hash;
+    Py_ssize_t length, num_ids;
+    int32_t data[]; /* code points (all below 0x110000), then token indices */
+} ChunkEntry;
+
+/* A slot keeps the entry's hash beside it, so that probing past other entries reads no entry. */
+typedef struct {
+    uint64_t hash;
+    ChunkEntry *entry; /* NULL: empty */
+} Slot;
+
+/* One generation: an open-addressing table of entries, at most half full; it starts small and
+ * doubles as it fills (a small table stays in the CPU's caches). */
+typedef struct {
+    Slot *slots;
+    size_t mask;
+    Py_ssize_t size;
+} Generation;
+
+typedef struct {
+    Generation current, previous;
+    Py_ssize_t max_size, max_key_chars;
+    uint64_t key[2];
+} ChunkCache;
+
+/* An empty generation with room for `count` entries. */
+static int generation_init(Generation *g, Py_ssize_t count)
+{
+    size_t capacity = 8;
+    while (capacity < 2 * (size_t)count) {
+        if (capacity > ((size_t)PY_SSIZE_T_MAX / sizeof(Slot)) / 4) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        capacity *= 2;
+    }
+    g->slots = PyMem_Calloc(capacity, sizeof(Slot));
+    if (g->slots == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    g->mask = capacity - 1;
+    g->size = 0;
+    return 0;
+}
+
+static void generation_clear(Generation *g)
+{
+    for (size_t i = 0; g->slots != NULL && i <= g->mask; i++) {
+        PyMem_Free(g->slots[i].entry);
+        g->slots[i].entry = NULL;
+    }
+    g->size = 0;
+}
+
+static void generation_free(Generation *g)
+{
+    generation_clear(g);
+    PyMem_Free(g->slots);
+    g->slots = NULL;
+}
+
+/* The entry for t[start:end], or NULL: twin of a dict lookup. */
+static const ChunkEntry *generation_find(const Generation *g, uint64_t hash, Text t, Py_ssize_t start,
+                                         Py_ssize_t end)
+{
+    Py_ssize_t length = end - start;
+    for (size_t i = (size_t)hash & g->mask;; i = (i + 1) & g->mask) {
+        const ChunkEntry *entry = g->slots[i].entry;
+        if (entry == NULL)
+            return NULL;
+        if (g->slots[i].hash == hash && entry->length == length) {
+            Py_ssize_t k = 0;
+            while (k < length && entry->data[k] == (int32_t)char_at(t, start + k))
+                k++;
+            if (k == length)
+                return entry;
+        }
+    }
+}
+
+/* Store an entry (the caller made sure there is room). */
+static void generation_add(Generation *g, ChunkEntry *entry)
+{
+    size_t i = (size_t)entry->hash & g->mask;
+    while (g->slots[i].entry != NULL)
+        i = (i + 1) & g->mask;
+    g->slots[i] = (Slot){entry->hash, entry};
+    g->size++;
+}
+
+/* Double the table, or fail with MemoryError leaving it as it was. */
+static int generation_grow(Generation *g)
+{
+    Generation bigger;
+    if (generation_init(&bigger, (Py_ssize_t)(g->mask + 1)) < 0)
+        return -1;
+    for (size_t i = 0; i <= g->mask; i++)
+        if (g->slots[i].entry != NULL)
+            generation_add(&bigger, g->slots[i].entry);
+    PyMem_Free(g->slots);
+    *g = bigger;
+    return 0;
+}
+
+/* A new entry for t[start:end] with the given ids (token indices), or NULL with MemoryError. */
+static ChunkEntry *entry_new(uint64_t hash, Text t, Py_ssize_t start, Py_ssize_t end, const int32_t *ids,
+                             Py_ssize_t num_ids)
+{
+    Py_ssize_t length = end - start;
+    if (length > (PY_SSIZE_T_MAX - (Py_ssize_t)sizeof(ChunkEntry)) / 8 - num_ids) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    ChunkEntry *entry = PyMem_Malloc(sizeof(ChunkEntry) + (size_t)(length + num_ids) * sizeof(int32_t));
+    if (entry == NULL) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    entry->hash = hash;
+    entry->length = length;
+    entry->num_ids = num_ids;
+    for (Py_ssize_t k = 0; k < length; k++)
+        entry->data[k] = (int32_t)char_at(t, start + k);
+    memcpy(entry->data + length, ids, (size_t)num_ids * sizeof(int32_t));
+    return entry;
+}
+
+/* Store t[start:end] -> ids in the current generation, turning generations over when it is full:
+ * twin of the end of `_Cache.__missing__` and of `_Cache._turn_over`. */
+static int cache_store(ChunkCache *c, uint64_t hash, Text t, Py_ssize_t start, Py_ssize_t end,
+                       const int32_t *ids, Py_ssize_t num_ids)
+{
+    ChunkEntry *entry = entry_new(hash, t, start, end, ids, num_ids);
+    if (entry == NULL)
+        return -1;
+    if (c->current.size >= c->max_size) {
+        Generation oldest = c->previous;
+        generation_free(&oldest);
+        if (generation_init(&oldest, INITIAL_CACHE_ENTRIES) < 0) {
+            PyMem_Free(entry);
+            return -1;
+        }
+        c->previous = c->current;
+        c->current = oldest;
+    }
+    if (2 * (size_t)(c->current.size + 1) > c->current.mask + 1 && generation_grow(&c->current) < 0) {
+        PyMem_Free(entry);
+        return -1;
+    }
+    generation_add(&c->current, entry);
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------------
  * The Encoder object
  * ------------------------------------------------------------------------------------------- */
 
 typedef struct {
     PyObject_HEAD
     PyObject *id_objects;          /* tuple: token index -> id (a Python int) */
-    PyObject *whole_tokens;        /* dict: pre-token text -> id (`_whole_token_ids`) */
+    Generation whole_tokens;       /* pre-token text -> its one token index (`_whole_token_ids`) */
     PyObject *char_classes;        /* bytes of NUM_CODE_POINTS classes */
     const unsigned char *char_class;
     int32_t byte_index[256];       /* byte -> token index (`_byte_ids`) */
     PairSlot *pairs;
     size_t pair_mask;
+    ChunkCache cache;
     unsigned long long merge_steps; /* heap entries popped by all merges so far (a test seam) */
 } Encoder;
 
@@ -154,19 +366,58 @@ error:
     return -1;
 }
 
-/* Encoder(id_objects, byte_index, merges, whole_tokens, char_classes) */
+/* The table of pre-tokens that are one token (str -> token index), keyed like the chunk cache. */
+static int build_whole_tokens(Encoder *e, PyObject *whole_tokens, long num_tokens)
+{
+    if (generation_init(&e->whole_tokens, PyDict_GET_SIZE(whole_tokens)) < 0)
+        return -1;
+    PyObject *key, *value;
+    Py_ssize_t position = 0;
+    while (PyDict_Next(whole_tokens, &position, &key, &value)) {
+        if (!PyUnicode_Check(key)) {
+            PyErr_SetString(PyExc_TypeError, "whole_tokens must map str to int");
+            return -1;
+        }
+        long index = index_in_range(value, num_tokens, "whole token index");
+        if (index < 0)
+            return -1;
+        int32_t index32 = (int32_t)index;
+        Text t = text_of(key);
+        uint64_t hash = hash_chars(e->cache.key, t, 0, t.length);
+        if (generation_find(&e->whole_tokens, hash, t, 0, t.length) != NULL)
+            continue;
+        ChunkEntry *entry = entry_new(hash, t, 0, t.length, &index32, 1);
+        if (entry == NULL)
+            return -1;
+        generation_add(&e->whole_tokens, entry);
+    }
+    return 0;
+}
+
+/* Encoder(id_objects, byte_index, merges, whole_tokens, char_classes, cache_size, cached_chars,
+ *         hash_key): see `BPETokenizer._native_encoder` */
 static int Encoder_init(Encoder *e, PyObject *args, PyObject *kwargs)
 {
-    static char *keywords[] = {"id_objects", "byte_index", "merges", "whole_tokens", "char_classes", NULL};
+    static char *keywords[] = {"id_objects", "byte_index", "merges", "whole_tokens", "char_classes",
+                               "cache_size", "cached_chars", "hash_key", NULL};
     PyObject *id_objects, *byte_index, *merges, *whole_tokens, *char_classes;
+    Py_ssize_t cache_size, cached_chars;
+    Py_buffer hash_key;
     if (e->pairs != NULL) {
         PyErr_SetString(PyExc_RuntimeError, "Encoder is already initialised");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!OOO!O!:Encoder", keywords, &PyTuple_Type, &id_objects,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!OOO!O!nny*:Encoder", keywords, &PyTuple_Type, &id_objects,
                                      &byte_index, &merges, &PyDict_Type, &whole_tokens, &PyBytes_Type,
-                                     &char_classes))
+                                     &char_classes, &cache_size, &cached_chars, &hash_key))
         return -1;
+    int ok = hash_key.len == 16;
+    memcpy(e->cache.key, hash_key.buf, ok ? 16 : 0);
+    PyBuffer_Release(&hash_key);
+    if (!ok || cache_size < 1 || cached_chars < 0) {
+        PyErr_SetString(PyExc_ValueError, "need cache_size >= 1, cached_chars >= 0 and a 16-byte hash_key");
+        return -1;
+    }
     Py_ssize_t num_tokens = PyTuple_GET_SIZE(id_objects);
     if (num_tokens > INT32_MAX) {
         PyErr_SetString(PyExc_ValueError, "too many tokens for the compiled core");
@@ -200,13 +451,20 @@ static int Encoder_init(Encoder *e, PyObject *args, PyObject *kwargs)
         e->byte_index[b] = (int32_t)index;
     }
     Py_DECREF(bytes_seq);
-    if (build_pair_table(e, merges, (long)num_tokens) < 0) {
+    e->cache.max_size = cache_size;
+    e->cache.max_key_chars = cached_chars;
+    if (generation_init(&e->cache.current, INITIAL_CACHE_ENTRIES) < 0
+        || generation_init(&e->cache.previous, INITIAL_CACHE_ENTRIES) < 0
+        || build_whole_tokens(e, whole_tokens, (long)num_tokens) < 0
+        || build_pair_table(e, merges, (long)num_tokens) < 0) {
+        generation_free(&e->cache.current);
+        generation_free(&e->cache.previous);
+        generation_free(&e->whole_tokens);
         PyMem_Free(e->pairs);
         e->pairs = NULL;
         return -1;
     }
     e->id_objects = Py_NewRef(id_objects);
-    e->whole_tokens = Py_NewRef(whole_tokens);
     e->char_classes = Py_NewRef(char_classes);
     e->char_class = classes;
     return 0;
@@ -215,9 +473,11 @@ static int Encoder_init(Encoder *e, PyObject *args, PyObject *kwargs)
 static void Encoder_dealloc(Encoder *e)
 {
     Py_XDECREF(e->id_objects);
-    Py_XDECREF(e->whole_tokens);
+    generation_free(&e->whole_tokens);
     Py_XDECREF(e->char_classes);
     PyMem_Free(e->pairs);
+    generation_free(&e->cache.current);
+    generation_free(&e->cache.previous);
     Py_TYPE(e)->tp_free((PyObject *)e);
 }
 
@@ -333,68 +593,68 @@ static Py_ssize_t merge_with_heap(const PairSlot *pairs, size_t mask, Py_ssize_t
     return kept;
 }
 
-/* A growable array of owned references: the ids of one chunk or of one encode call. */
+/* A growable array of token indices: the ids of one chunk or of one encode call. */
 typedef struct {
-    PyObject **items;
+    int32_t *items;
     Py_ssize_t size, capacity;
-    PyObject *stack[32];
+    int32_t stack[64];
 } IdBuffer;
 
 static void ids_init(IdBuffer *b)
 {
     b->items = b->stack;
     b->size = 0;
-    b->capacity = 32;
+    b->capacity = 64;
 }
 
 static void ids_free(IdBuffer *b)
 {
-    for (Py_ssize_t i = 0; i < b->size; i++)
-        Py_DECREF(b->items[i]);
     if (b->items != b->stack)
         PyMem_Free(b->items);
     ids_init(b);
 }
 
-/* Append a new reference to `id`. */
-static int ids_push(IdBuffer *b, PyObject *id)
+/* Make room for `more` indices. */
+static int ids_reserve(IdBuffer *b, Py_ssize_t more)
 {
-    if (b->size == b->capacity) {
-        if (b->capacity > PY_SSIZE_T_MAX / (Py_ssize_t)sizeof(PyObject *) / 2) {
+    if (more <= b->capacity - b->size)
+        return 0;
+    Py_ssize_t capacity = b->capacity;
+    while (capacity - b->size < more) {
+        if (capacity > PY_SSIZE_T_MAX / (Py_ssize_t)sizeof(int32_t) / 2) {
             PyErr_NoMemory();
             return -1;
         }
-        Py_ssize_t capacity = 2 * b->capacity;
-        PyObject **items = PyMem_Malloc(capacity * sizeof(PyObject *));
-        if (items == NULL) {
-            PyErr_NoMemory();
-            return -1;
-        }
-        memcpy(items, b->items, b->size * sizeof(PyObject *));
-        if (b->items != b->stack)
-            PyMem_Free(b->items);
-        b->items = items;
-        b->capacity = capacity;
+        capacity *= 2;
     }
-    b->items[b->size++] = Py_NewRef(id);
+    int32_t *items = PyMem_Malloc((size_t)capacity * sizeof(int32_t));
+    if (items == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    memcpy(items, b->items, (size_t)b->size * sizeof(int32_t));
+    if (b->items != b->stack)
+        PyMem_Free(b->items);
+    b->items = items;
+    b->capacity = capacity;
     return 0;
 }
 
-/* Move the references into a new tuple (as_list = 0) or list (as_list = 1); the buffer is emptied. */
-static PyObject *ids_take(IdBuffer *b, int as_list)
+static int ids_extend(IdBuffer *b, const int32_t *ids, Py_ssize_t count)
 {
-    PyObject *result = as_list ? PyList_New(b->size) : PyTuple_New(b->size);
-    if (result == NULL) {
-        ids_free(b);
-        return NULL;
-    }
-    for (Py_ssize_t i = 0; i < b->size; i++) {
-        if (as_list)
-            PyList_SET_ITEM(result, i, b->items[i]);
-        else
-            PyTuple_SET_ITEM(result, i, b->items[i]);
-    }
-    b->size = 0;
+    if (ids_reserve(b, count) < 0)
+        return -1;
+    memcpy(b->items + b->size, ids, (size_t)count * sizeof(int32_t));
+    b->size += count;
+    return 0;
+}
+
+/* The ids as a new list of Python ints; the buffer is emptied. */
+static PyObject *ids_take(const Encoder *e, IdBuffer *b)
+{
+    PyObject *result = PyList_New(b->size);
+    for (Py_ssize_t i = 0; result != NULL && i < b->size; i++)
+        PyList_SET_ITEM(result, i, Py_NewRef(PyTuple_GET_ITEM(e->id_objects, b->items[i])));
     ids_free(b);
     return result;
 }
@@ -437,9 +697,7 @@ static int merge_bytes(Encoder *e, const unsigned char *bytes, Py_ssize_t n, IdB
         kept = merge_with_heap(e->pairs, e->pair_mask, n, a, &steps);
     }
     e->merge_steps += steps;
-    int status = 0;
-    for (Py_ssize_t i = 0; i < kept && status == 0; i++)
-        status = ids_push(out, PyTuple_GET_ITEM(e->id_objects, a.ids[i]));
+    int status = ids_extend(out, a.ids, kept);
     PyMem_Free(memory);
     return status;
 }
@@ -447,17 +705,6 @@ static int merge_bytes(Encoder *e, const unsigned char *bytes, Py_ssize_t n, IdB
 /* ---------------------------------------------------------------------------------------------
  * Splitting text: twins of `_CHUNK_RE` and of GPT-2's pattern (`GPT2_REGEX`), one match at a time
  * ------------------------------------------------------------------------------------------- */
-
-typedef struct {
-    int kind;
-    const void *data;
-    Py_ssize_t length;
-} Text;
-
-static inline Py_UCS4 char_at(Text t, Py_ssize_t i)
-{
-    return PyUnicode_READ(t.kind, t.data, i);
-}
 
 static inline int is_space(const Encoder *e, Text t, Py_ssize_t i)
 {
@@ -542,21 +789,16 @@ static Py_ssize_t utf8_encode(Text t, Py_ssize_t start, Py_ssize_t end, unsigned
     return k;
 }
 
-/* Append the ids of the pre-token chunk[start:end]: twin of `BPETokenizer._encode_pretoken`
+/* Append the ids of the pre-token text[start:end]: twin of `BPETokenizer._encode_pretoken`
  * (a whole vocab entry directly, anything else through the merges). */
-static int encode_pretoken(Encoder *e, PyObject *chunk, Text t, Py_ssize_t start, Py_ssize_t end, IdBuffer *out)
+static int encode_pretoken(Encoder *e, Text t, Py_ssize_t start, Py_ssize_t end, IdBuffer *out)
 {
-    PyObject *piece = (start == 0 && end == t.length) ? Py_NewRef(chunk) : PyUnicode_Substring(chunk, start, end);
-    if (piece == NULL)
-        return -1;
-    PyObject *whole = PyDict_GetItemWithError(e->whole_tokens, piece); /* str keys: runs no Python */
-    Py_DECREF(piece);
+    uint64_t hash = hash_chars(e->cache.key, t, start, end);
+    const ChunkEntry *whole = generation_find(&e->whole_tokens, hash, t, start, end);
     if (whole != NULL)
-        return ids_push(out, whole);
-    if (PyErr_Occurred())
-        return -1;
+        return ids_extend(out, whole->data + whole->length, 1);
     Py_ssize_t chars = end - start;
-    unsigned char stack_bytes[4 * 64];
+    unsigned char stack_bytes[4 * 64] = {0}; /* (all written before use; the zeros quiet a compiler) */
     unsigned char *bytes = stack_bytes;
     if (chars > 64) {
         if (chars > PY_SSIZE_T_MAX / 4) {
@@ -576,142 +818,60 @@ static int encode_pretoken(Encoder *e, PyObject *chunk, Text t, Py_ssize_t start
     return status;
 }
 
-static Text text_of(PyObject *str)
+/* Append the ids of the chunk text[start:end]: twin of `BPETokenizer._encode_chunk` (its
+ * pre-tokens, each encoded; the C path keeps no pre-token cache: merging in C costs about what
+ * a lookup would). */
+static int encode_chunk(Encoder *e, Text t, Py_ssize_t start, Py_ssize_t end, IdBuffer *out)
 {
-    return (Text){PyUnicode_KIND(str), PyUnicode_DATA(str), PyUnicode_GET_LENGTH(str)};
-}
-
-/* The ids of one chunk as a tuple: twin of `BPETokenizer._encode_chunk` (its pre-tokens, each
- * encoded; the C path keeps no pre-token cache, merging in C costs about what a lookup does). */
-static PyObject *encode_chunk(Encoder *e, PyObject *chunk)
-{
-    Text t = text_of(chunk);
-    IdBuffer out;
-    ids_init(&out);
-    for (Py_ssize_t i = 0, j; i < t.length; i = j) {
-        j = pretoken_end(e, t, i);
-        if (encode_pretoken(e, chunk, t, i, j, &out) < 0) {
-            ids_free(&out);
-            return NULL;
-        }
+    Text chunk = {t.kind, (const char *)t.data + start * t.kind, end - start};
+    for (Py_ssize_t i = 0, j; i < chunk.length; i = j) {
+        j = pretoken_end(e, chunk, i);
+        if (encode_pretoken(e, t, start + i, start + j, out) < 0)
+            return -1;
     }
-    return ids_take(&out, 0);
-}
-
-/* ---------------------------------------------------------------------------------------------
- * The chunk cache: twin of `_Cache.__missing__`, on the tokenizer's own `_Cache` (a dict)
- * ------------------------------------------------------------------------------------------- */
-
-typedef struct {
-    PyObject *cache;           /* the dict of the current generation */
-    Py_ssize_t max_size;
-    Py_ssize_t max_key_chars;
-} CacheView;
-
-static int cache_view(PyObject *cache, CacheView *view)
-{
-    if (!PyDict_Check(cache)) {
-        PyErr_SetString(PyExc_TypeError, "cache must be a dict (the tokenizer's _Cache)");
-        return -1;
-    }
-    view->cache = cache;
-    PyObject *size = PyObject_GetAttr(cache, str_max_size);
-    if (size == NULL)
-        return -1;
-    view->max_size = PyLong_AsSsize_t(size);
-    Py_DECREF(size);
-    if (view->max_size == -1 && PyErr_Occurred())
-        return -1;
-    PyObject *chars = PyObject_GetAttr(cache, str_max_key_chars);
-    if (chars == NULL)
-        return -1;
-    view->max_key_chars = PyLong_AsSsize_t(chars);
-    Py_DECREF(chars);
-    if (view->max_key_chars == -1 && PyErr_Occurred())
-        return -1;
     return 0;
 }
 
-/* A new reference to the ids of a chunk the current generation lacks. */
-static PyObject *cache_missing(Encoder *e, CacheView *view, PyObject *chunk)
+/* Append the ids of the chunk text[start:end], from the cache, which computes what it lacks:
+ * twin of `_Cache.__getitem__` and `_Cache.__missing__`. */
+static int cached_chunk(Encoder *e, Text t, Py_ssize_t start, Py_ssize_t end, IdBuffer *out)
 {
-    if (PyUnicode_GET_LENGTH(chunk) > view->max_key_chars)
-        return encode_chunk(e, chunk);
-    PyObject *previous = PyObject_GetAttr(view->cache, str_previous);
-    if (previous == NULL)
-        return NULL;
-    if (!PyDict_Check(previous)) {
-        Py_DECREF(previous);
-        PyErr_SetString(PyExc_TypeError, "cache._previous must be a dict");
-        return NULL;
-    }
-    PyObject *ids = PyDict_GetItemWithError(previous, chunk);
-    Py_XINCREF(ids);
-    Py_DECREF(previous);
-    if (ids == NULL) {
-        if (PyErr_Occurred())
-            return NULL;
-        ids = encode_chunk(e, chunk);
-        if (ids == NULL)
-            return NULL;
-    }
-    if (PyDict_GET_SIZE(view->cache) >= view->max_size) {
-        PyObject *done = PyObject_CallMethodNoArgs(view->cache, str_turn_over);
-        if (done == NULL) {
-            Py_DECREF(ids);
-            return NULL;
-        }
-        Py_DECREF(done);
-    }
-    if (PyDict_SetItem(view->cache, chunk, ids) < 0) {
-        Py_DECREF(ids);
-        return NULL;
-    }
-    return ids;
+    ChunkCache *c = &e->cache;
+    uint64_t hash = hash_chars(c->key, t, start, end);
+    const ChunkEntry *entry = generation_find(&c->current, hash, t, start, end);
+    if (entry != NULL)
+        return ids_extend(out, entry->data + entry->length, entry->num_ids);
+    if (end - start > c->max_key_chars)
+        return encode_chunk(e, t, start, end, out);
+    Py_ssize_t first = out->size;
+    entry = c->previous.size > 0 ? generation_find(&c->previous, hash, t, start, end) : NULL;
+    int status = entry != NULL ? ids_extend(out, entry->data + entry->length, entry->num_ids)
+                               : encode_chunk(e, t, start, end, out);
+    if (status < 0)
+        return -1;
+    /* the previous generation may have turned over while a long merge ran without the GIL: `entry`
+     * is not used after this point, the ids were copied above */
+    return cache_store(c, hash, t, start, end, out->items + first, out->size - first);
 }
 
-/* Encoder.encode_ordinary(text, cache) -> list of ids: twin of `BPETokenizer._encode_ordinary`
- * (the ids of each chunk, from the cache, which computes what it lacks). */
+/* Encoder.encode_ordinary(text) -> list of ids: twin of `BPETokenizer._encode_ordinary`
+ * (the ids of each chunk, from the cache). */
 static PyObject *Encoder_encode_ordinary(Encoder *e, PyObject *args)
 {
-    PyObject *text, *cache;
-    CacheView view;
-    if (check_ready(e) < 0 || !PyArg_ParseTuple(args, "UO:encode_ordinary", &text, &cache))
-        return NULL;
-    if (cache_view(cache, &view) < 0)
+    PyObject *text;
+    if (check_ready(e) < 0 || !PyArg_ParseTuple(args, "U:encode_ordinary", &text))
         return NULL;
     Text t = text_of(text);
     IdBuffer out;
     ids_init(&out);
     for (Py_ssize_t i = 0, j; i < t.length; i = j) {
         j = chunk_end(e, t, i);
-        PyObject *chunk = PyUnicode_Substring(text, i, j);
-        if (chunk == NULL)
-            goto error;
-        PyObject *ids = PyDict_GetItemWithError(cache, chunk); /* exact str keys: runs no Python */
-        Py_XINCREF(ids);
-        if (ids == NULL && !PyErr_Occurred())
-            ids = cache_missing(e, &view, chunk);
-        Py_DECREF(chunk);
-        if (ids == NULL)
-            goto error;
-        if (!PyTuple_Check(ids)) {
-            Py_DECREF(ids);
-            PyErr_SetString(PyExc_TypeError, "cached chunk ids must be tuples");
-            goto error;
+        if (cached_chunk(e, t, i, j, &out) < 0) {
+            ids_free(&out);
+            return NULL;
         }
-        for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(ids); k++) {
-            if (ids_push(&out, PyTuple_GET_ITEM(ids, k)) < 0) {
-                Py_DECREF(ids);
-                goto error;
-            }
-        }
-        Py_DECREF(ids);
     }
-    return ids_take(&out, 1);
-error:
-    ids_free(&out);
-    return NULL;
+    return ids_take(e, &out);
 }
 
 /* Encoder.merge(token: bytes) -> list of ids: twin of `BPETokenizer._merge`. */
@@ -728,7 +888,7 @@ static PyObject *Encoder_merge(Encoder *e, PyObject *args)
         ids_free(&out);
         return NULL;
     }
-    return ids_take(&out, 1);
+    return ids_take(e, &out);
 }
 
 /* The pieces of `text` cut at the ends that `end_of` finds. */
@@ -769,7 +929,7 @@ static PyObject *Encoder_get_merge_steps(Encoder *e, void *closure)
 
 static PyMethodDef Encoder_methods[] = {
     {"encode_ordinary", (PyCFunction)Encoder_encode_ordinary, METH_VARARGS,
-     "encode_ordinary(text, cache) -> ids of text without special tokens (BPETokenizer._encode_ordinary)"},
+     "encode_ordinary(text) -> ids of text without special tokens (BPETokenizer._encode_ordinary)"},
     {"merge", (PyCFunction)Encoder_merge, METH_VARARGS,
      "merge(token_bytes) -> ids after applying the merges (BPETokenizer._merge)"},
     {"chunks", (PyCFunction)Encoder_chunks, METH_VARARGS, "chunks(text) -> _CHUNK_RE.findall(text)"},
@@ -805,12 +965,6 @@ static struct PyModuleDef encode_core_module = {
 
 PyMODINIT_FUNC PyInit__encode_core(void)
 {
-    str_previous = PyUnicode_InternFromString("_previous");
-    str_max_size = PyUnicode_InternFromString("_max_size");
-    str_max_key_chars = PyUnicode_InternFromString("_max_key_chars");
-    str_turn_over = PyUnicode_InternFromString("_turn_over");
-    if (!str_previous || !str_max_size || !str_max_key_chars || !str_turn_over)
-        return NULL;
     if (PyType_Ready(&EncoderType) < 0)
         return NULL;
     PyObject *module = PyModule_Create(&encode_core_module);

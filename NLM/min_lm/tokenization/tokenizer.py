@@ -243,7 +243,8 @@ class BPETokenizer:
 
         The core numbers tokens by their position in `id_objects` (ids can be any ints), and takes
         the character classes of GPT-2's pattern as a table, so that it splits text exactly as
-        the `regex` module does.
+        the `regex` module does. It keeps its own chunk cache, bounded as `_Cache` is, whose hash is
+        keyed with random bytes so that no text can be made to collide in it.
         """
         core = native_module("_encode_core", native)
         if core is None:
@@ -252,8 +253,11 @@ class BPETokenizer:
         index = {token_id: i for i, token_id in enumerate(id_objects)}
         merges = [(index[left], index[right], rank, index[self._merged_id[rank]])
                   for (left, right), rank in self._merge_rank.items()]
+        whole_tokens = {text: index[token_id] for text, token_id in self._whole_token_ids.items()}
         return core.Encoder(id_objects=id_objects, byte_index=[index[i] for i in self._byte_ids],
-                            merges=merges, whole_tokens=self._whole_token_ids, char_classes=char_classes())
+                            merges=merges, whole_tokens=whole_tokens, char_classes=char_classes(),
+                            cache_size=self.CACHE_SIZE, cached_chars=self.CACHED_CHARS,
+                            hash_key=os.urandom(16))
 
     @property
     def core(self) -> str:
@@ -373,10 +377,10 @@ class BPETokenizer:
         """Encode text that holds no special tokens: the ids of its chunks, each from the cache.
 
         Everything here runs in C loops (findall, map, chain); Python code runs only for a chunk
-        the cache lacks. The compiled core does the same in one C loop, with the same cache.
+        the cache lacks. The compiled core does the same in one C loop, with a cache of its own.
         """
         if self._native is not None:
-            return self._native.encode_ordinary(text, self._chunk_ids)
+            return self._native.encode_ordinary(text)
         return list(chain.from_iterable(map(self._chunk_ids.__getitem__, _CHUNK_RE.findall(text))))
 
     def _encode_chunk(self, chunk: str) -> tuple[int, ...]:
