@@ -11,6 +11,7 @@ The core is optional; these tests skip where it was not built, unless MINLM_REQU
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import threading
 from itertools import pairwise
@@ -20,6 +21,7 @@ import tiktoken
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from NLM.min_lm import cli
 from NLM.min_lm.tokenization.native import native_module
 from NLM.min_lm.tokenization.pretokenize import GPT2_REGEX, GPT2_SPLIT_PATTERN
 from NLM.min_lm.tokenization.tokenizer import (
@@ -101,6 +103,22 @@ def test_the_switch_picks_the_core(monkeypatch):
         native_module("_encode_core_that_was_never_built", native=True)
     monkeypatch.setenv("MINLM_PURE_PYTHON", "0")
     assert BPETokenizer(*tables).core == "C"
+
+
+def test_version_says_which_encoder_runs(capsys, monkeypatch):
+    assert cli.main(["--version"]) == 0
+    assert capsys.readouterr().out.strip().endswith("tokenizer encoder: C core")
+    monkeypatch.setenv("MINLM_PURE_PYTHON", "1")
+    assert cli.main(["--version"]) == 0
+    assert capsys.readouterr().out.strip().endswith("tokenizer encoder: Python")
+
+
+def test_pickled_tokenizer_rebuilds_its_core(c_gpt2, python_gpt2):
+    """Worker processes get the tokenizer by pickle: the core is rebuilt there, not copied."""
+    text = "Pickled tokenizers encode alike. " * 10
+    for tokenizer in (c_gpt2, python_gpt2):
+        copy = pickle.loads(pickle.dumps(tokenizer))
+        assert copy.core == tokenizer.core and copy.encode(text) == tokenizer.encode(text)
 
 
 # ------------------------------------------------------------------------------ corpora

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import sys
+
+from NLM.min_lm.tokenization.native import native_module
 
 # subcommand -> (module under NLM.min_lm.scripts, one-line summary)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -12,16 +15,29 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tokenize": ("tokenize", "encode text files into .npy token arrays"),
     "train": ("train", "train a Transformer LM on .npy token arrays"),
     "generate": ("generate", "sample text from a checkpoint"),
-    "export": ("export_hf", "export a checkpoint + tokenizer to a Hugging Face directory"),
+    "export-hf": ("export_hf", "export a checkpoint + tokenizer to a Hugging Face directory"),
     "import-hf": ("import_hf", "import a Llama-shaped Hugging Face model as a checkpoint"),
 }
+# earlier names that keep working (not listed in the usage)
+ALIASES = {"export": "export-hf"}
 
 
 def _usage() -> str:
     width = max(map(len, COMMANDS))
-    lines = ["usage: minlm <command> [options]   (minlm <command> --help for its flags)", "", "commands:"]
+    lines = ["usage: minlm <command> [options]   (minlm <command> --help for its flags; minlm --version)", "",
+             "commands:"]
     lines += [f"  {name:<{width}}  {summary}" for name, (_, summary) in COMMANDS.items()]
     return "\n".join(lines)
+
+
+def _version() -> str:
+    """The package version and which tokenizer encoder runs (the compiled core, or Python without it)."""
+    try:
+        version = importlib.metadata.version("min-lm")
+    except importlib.metadata.PackageNotFoundError:
+        version = "(not installed)"
+    encoder = "C core" if native_module("_encode_core") is not None else "Python"
+    return f"min-lm {version}; tokenizer encoder: {encoder}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,7 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0
-    name, rest = argv[0], argv[1:]
+    if argv[0] == "--version":
+        print(_version())
+        return 0
+    name, rest = ALIASES.get(argv[0], argv[0]), argv[1:]
     if name not in COMMANDS:
         print(f"minlm: error: unknown command {name!r}; choose from {', '.join(COMMANDS)}", file=sys.stderr)
         return 2

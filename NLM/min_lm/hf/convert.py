@@ -25,11 +25,10 @@ import torch
 from NLM.min_lm.errors import UserError
 from NLM.min_lm.hf.llama import from_llama_config, from_llama_weights, to_llama_config, to_llama_weights
 from NLM.min_lm.hf.tokenizer_json import byte_level_bpe_from_tokenizer_json, tokenizer_json
+from NLM.min_lm.options import DTYPES
 from NLM.min_lm.tokenization import BPETokenizer
 from NLM.min_lm.transformer import ModelConfig, TransformerLM, save_checkpoint
 from NLM.min_lm.transformer.checkpoint import clean_state_dict, read_checkpoint
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def _safetensors():
@@ -156,7 +155,9 @@ def export_hf(
 
     config, state = _read_min_lm_checkpoint(checkpoint)
     if dtype is not None:
-        state = {name: tensor.to(DTYPES[dtype]) for name, tensor in state.items()}
+        if dtype not in DTYPES:
+            raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        state = {name: tensor.to(getattr(torch, dtype)) for name, tensor in state.items()}
     try:
         tokenizer = BPETokenizer.from_files(vocab_path, merges_path, special_tokens=special_tokens)
     except ValueError as e:  # a vocab without all 256 bytes, a merge of unknown tokens, ...

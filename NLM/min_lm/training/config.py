@@ -15,11 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from NLM.min_lm.args import arg
 from NLM.min_lm.errors import UserError
-from NLM.min_lm.scripts.args import arg
+from NLM.min_lm.options import ATTN_IMPLS, TRAIN_DTYPES
 
-ATTN_IMPLS = ("sdpa", "reference")
-DTYPES = ("float32", "bfloat16")
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
@@ -77,7 +76,7 @@ class TrainConfig:
     device: str = field(default="auto", metadata=arg("auto (cuda, then mps, then cpu), "
                                                      "cpu, cuda, cuda:N or mps"))
     dtype: str = field(default="float32", metadata=arg("compute dtype; bfloat16 autocasts over float32 "
-                                                       "weights", choices=DTYPES))
+                                                       "weights", choices=TRAIN_DTYPES))
     compile: bool = field(default=False, metadata=arg("torch.compile the model"))
 
     def __post_init__(self) -> None:
@@ -112,8 +111,8 @@ class TrainConfig:
             raise UserError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
         if self.attn_impl not in ATTN_IMPLS:
             raise UserError(f"--attn_impl must be one of {', '.join(ATTN_IMPLS)}, got {self.attn_impl!r}")
-        if self.dtype not in DTYPES:
-            raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.dtype not in TRAIN_DTYPES:
+            raise UserError(f"--dtype must be one of {', '.join(TRAIN_DTYPES)}, got {self.dtype!r}")
         if self.resume and self.init_from is not None:
             raise UserError("--resume and --init_from exclude each other: resume continues a run, "
                             "init_from starts a new one from given weights")

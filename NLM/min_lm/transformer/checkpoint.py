@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import UserError
-from ..fileio import atomic_path
-from .model import ModelConfig, TransformerLM
+from NLM.min_lm.errors import UserError
+from NLM.min_lm.fileio import atomic_path
+from NLM.min_lm.transformer.model import ModelConfig, TransformerLM
 
 RESERVED_KEYS = ("model", "optimizer", "iteration", "model_config", "rng")
 WRAPPER_PREFIXES = ("_orig_mod.", "module.")  # torch.compile and DistributedDataParallel

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .checkpoint import load_checkpoint, load_model, save_checkpoint
+from NLM.min_lm.transformer.checkpoint import load_checkpoint, load_model, save_checkpoint
 
 __all__ = [
     "cross_entropy",
