@@ -3,7 +3,8 @@
  * tokenizer.py is the reference: every function here names its Python twin, computes the same
  * result and is tested against it (tests/test_tokenizer_native.py). The Python object is
  * `Encoder`, built once per tokenizer by `BPETokenizer._native_encoder` from tables the tokenizer
- * already has, and its own chunk cache (`ChunkCache`, the twin of `_Cache`, bounded the same way).
+ * already has, and its own caches of chunks and of pre-tokens (`Cache`, the twin of `_Cache`, bounded
+ * the same way).
  *
  * Tokens are numbered internally by their *index* in `id_objects` (a dense 0..V-1 numbering of the
  * vocab's ids, which may be any Python ints); output ids are the Python ints themselves.
@@ -143,11 +144,11 @@ typedef struct {
     Py_ssize_t size;
 } Generation;
 
+/* Twin of `_Cache`: two generations, at most `max_size` entries each, no key over `max_key_chars`. */
 typedef struct {
     Generation current, previous;
     Py_ssize_t max_size, max_key_chars;
-    uint64_t key[2];
-} ChunkCache;
+} Cache;
 
 /* An empty generation with room for `count` entries. */
 static int generation_init(Generation *g, Py_ssize_t count)
@@ -229,6 +230,21 @@ static int generation_grow(Generation *g)
     return 0;
 }
 
+static int cache_init(Cache *c, Py_ssize_t max_size, Py_ssize_t max_key_chars)
+{
+    c->max_size = max_size;
+    c->max_key_chars = max_key_chars;
+    if (generation_init(&c->current, INITIAL_CACHE_ENTRIES) < 0)
+        return -1;
+    return generation_init(&c->previous, INITIAL_CACHE_ENTRIES);
+}
+
+static void cache_free(Cache *c)
+{
+    generation_free(&c->current);
+    generation_free(&c->previous);
+}
+
 /* A new entry for t[start:end] with the given ids (token indices), or NULL with MemoryError. */
 static ChunkEntry *entry_new(uint64_t hash, Text t, Py_ssize_t start, Py_ssize_t end, const int32_t *ids,
                              Py_ssize_t num_ids)
@@ -254,7 +270,7 @@ static ChunkEntry *entry_new(uint64_t hash, Text t, Py_ssize_t start, Py_ssize_t
 
 /* Store t[start:end] -> ids in the current generation, turning generations over when it is full:
  * twin of the end of `_Cache.__missing__` and of `_Cache._turn_over`. */
-static int cache_store(ChunkCache *c, uint64_t hash, Text t, Py_ssize_t start, Py_ssize_t end,
+static int cache_store(Cache *c, uint64_t hash, Text t, Py_ssize_t start, Py_ssize_t end,
                        const int32_t *ids, Py_ssize_t num_ids)
 {
     ChunkEntry *entry = entry_new(hash, t, start, end, ids, num_ids);
@@ -291,7 +307,8 @@ typedef struct {
     int32_t byte_index[256];       /* byte -> token index (`_byte_ids`) */
     PairSlot *pairs;
     size_t pair_mask;
-    ChunkCache cache;
+    uint64_t hash_key[2];          /* the key of every table's SipHash */
+    Cache chunks, pretokens;       /* `_chunk_ids`, `_pretoken_ids` */
     unsigned long long merge_steps; /* heap entries popped by all merges so far (a test seam) */
 } Encoder;
 
@@ -383,7 +400,7 @@ static int build_whole_tokens(Encoder *e, PyObject *whole_tokens, long num_token
             return -1;
         int32_t index32 = (int32_t)index;
         Text t = text_of(key);
-        uint64_t hash = hash_chars(e->cache.key, t, 0, t.length);
+        uint64_t hash = hash_chars(e->hash_key, t, 0, t.length);
         if (generation_find(&e->whole_tokens, hash, t, 0, t.length) != NULL)
             continue;
         ChunkEntry *entry = entry_new(hash, t, 0, t.length, &index32, 1);
@@ -412,7 +429,7 @@ static int Encoder_init(Encoder *e, PyObject *args, PyObject *kwargs)
                                      &char_classes, &cache_size, &cached_chars, &hash_key))
         return -1;
     int ok = hash_key.len == 16;
-    memcpy(e->cache.key, hash_key.buf, ok ? 16 : 0);
+    memcpy(e->hash_key, hash_key.buf, ok ? 16 : 0);
     PyBuffer_Release(&hash_key);
     if (!ok || cache_size < 1 || cached_chars < 0) {
         PyErr_SetString(PyExc_ValueError, "need cache_size >= 1, cached_chars >= 0 and a 16-byte hash_key");
@@ -451,14 +468,12 @@ static int Encoder_init(Encoder *e, PyObject *args, PyObject *kwargs)
         e->byte_index[b] = (int32_t)index;
     }
     Py_DECREF(bytes_seq);
-    e->cache.max_size = cache_size;
-    e->cache.max_key_chars = cached_chars;
-    if (generation_init(&e->cache.current, INITIAL_CACHE_ENTRIES) < 0
-        || generation_init(&e->cache.previous, INITIAL_CACHE_ENTRIES) < 0
+    if (cache_init(&e->chunks, cache_size, cached_chars) < 0
+        || cache_init(&e->pretokens, cache_size, cached_chars) < 0
         || build_whole_tokens(e, whole_tokens, (long)num_tokens) < 0
         || build_pair_table(e, merges, (long)num_tokens) < 0) {
-        generation_free(&e->cache.current);
-        generation_free(&e->cache.previous);
+        cache_free(&e->chunks);
+        cache_free(&e->pretokens);
         generation_free(&e->whole_tokens);
         PyMem_Free(e->pairs);
         e->pairs = NULL;
@@ -476,8 +491,8 @@ static void Encoder_dealloc(Encoder *e)
     generation_free(&e->whole_tokens);
     Py_XDECREF(e->char_classes);
     PyMem_Free(e->pairs);
-    generation_free(&e->cache.current);
-    generation_free(&e->cache.previous);
+    cache_free(&e->chunks);
+    cache_free(&e->pretokens);
     Py_TYPE(e)->tp_free((PyObject *)e);
 }
 
@@ -791,9 +806,8 @@ static Py_ssize_t utf8_encode(Text t, Py_ssize_t start, Py_ssize_t end, unsigned
 
 /* Append the ids of the pre-token text[start:end]: twin of `BPETokenizer._encode_pretoken`
  * (a whole vocab entry directly, anything else through the merges). */
-static int encode_pretoken(Encoder *e, Text t, Py_ssize_t start, Py_ssize_t end, IdBuffer *out)
+static int encode_pretoken(Encoder *e, Text t, Py_ssize_t start, Py_ssize_t end, uint64_t hash, IdBuffer *out)
 {
-    uint64_t hash = hash_chars(e->cache.key, t, start, end);
     const ChunkEntry *whole = generation_find(&e->whole_tokens, hash, t, start, end);
     if (whole != NULL)
         return ids_extend(out, whole->data + whole->length, 1);
@@ -818,40 +832,46 @@ static int encode_pretoken(Encoder *e, Text t, Py_ssize_t start, Py_ssize_t end,
     return status;
 }
 
-/* Append the ids of the chunk text[start:end]: twin of `BPETokenizer._encode_chunk` (its
- * pre-tokens, each encoded; the C path keeps no pre-token cache: merging in C costs about what
- * a lookup would). */
-static int encode_chunk(Encoder *e, Text t, Py_ssize_t start, Py_ssize_t end, IdBuffer *out)
-{
-    Text chunk = {t.kind, (const char *)t.data + start * t.kind, end - start};
-    for (Py_ssize_t i = 0, j; i < chunk.length; i = j) {
-        j = pretoken_end(e, chunk, i);
-        if (encode_pretoken(e, t, start + i, start + j, out) < 0)
-            return -1;
-    }
-    return 0;
-}
+/* Computes the ids of t[start:end] (whose hash is given) and appends them. */
+typedef int (*Compute)(Encoder *e, Text t, Py_ssize_t start, Py_ssize_t end, uint64_t hash, IdBuffer *out);
 
-/* Append the ids of the chunk text[start:end], from the cache, which computes what it lacks:
- * twin of `_Cache.__getitem__` and `_Cache.__missing__`. */
-static int cached_chunk(Encoder *e, Text t, Py_ssize_t start, Py_ssize_t end, IdBuffer *out)
+/* Append the ids of t[start:end] from the cache, which computes what it lacks: twin of
+ * `_Cache.__getitem__` and `_Cache.__missing__`. */
+static int cached(Encoder *e, Cache *c, Compute compute, Text t, Py_ssize_t start, Py_ssize_t end,
+                  uint64_t hash, IdBuffer *out)
 {
-    ChunkCache *c = &e->cache;
-    uint64_t hash = hash_chars(c->key, t, start, end);
     const ChunkEntry *entry = generation_find(&c->current, hash, t, start, end);
     if (entry != NULL)
         return ids_extend(out, entry->data + entry->length, entry->num_ids);
     if (end - start > c->max_key_chars)
-        return encode_chunk(e, t, start, end, out);
+        return compute(e, t, start, end, hash, out);
     Py_ssize_t first = out->size;
     entry = c->previous.size > 0 ? generation_find(&c->previous, hash, t, start, end) : NULL;
     int status = entry != NULL ? ids_extend(out, entry->data + entry->length, entry->num_ids)
-                               : encode_chunk(e, t, start, end, out);
+                               : compute(e, t, start, end, hash, out);
     if (status < 0)
         return -1;
-    /* the previous generation may have turned over while a long merge ran without the GIL: `entry`
-     * is not used after this point, the ids were copied above */
+    /* the new entry is made from the ids just appended to `out`, never from `entry`, which turning
+     * the generations over may free */
     return cache_store(c, hash, t, start, end, out->items + first, out->size - first);
+}
+
+/* Append the ids of the chunk t[start:end]: twin of `BPETokenizer._encode_chunk` (its pre-tokens,
+ * each from the pre-token cache; a chunk that is one pre-token skips that cache, as the chunk cache
+ * holds it already). */
+static int encode_chunk(Encoder *e, Text t, Py_ssize_t start, Py_ssize_t end, uint64_t hash, IdBuffer *out)
+{
+    Text chunk = {t.kind, (const char *)t.data + start * t.kind, end - start};
+    for (Py_ssize_t i = 0, j; i < chunk.length; i = j) {
+        j = pretoken_end(e, chunk, i);
+        int status = (i == 0 && j == chunk.length)
+                         ? encode_pretoken(e, t, start, end, hash, out)
+                         : cached(e, &e->pretokens, encode_pretoken, t, start + i, start + j,
+                                  hash_chars(e->hash_key, chunk, i, j), out);
+        if (status < 0)
+            return -1;
+    }
+    return 0;
 }
 
 /* Encoder.encode_ordinary(text) -> list of ids: twin of `BPETokenizer._encode_ordinary`
@@ -866,7 +886,7 @@ static PyObject *Encoder_encode_ordinary(Encoder *e, PyObject *args)
     ids_init(&out);
     for (Py_ssize_t i = 0, j; i < t.length; i = j) {
         j = chunk_end(e, t, i);
-        if (cached_chunk(e, t, i, j, &out) < 0) {
+        if (cached(e, &e->chunks, encode_chunk, t, i, j, hash_chars(e->hash_key, t, i, j), &out) < 0) {
             ids_free(&out);
             return NULL;
         }
