@@ -140,7 +140,8 @@ def time_tokenize_command(input_path: Path, out_dir: Path, tree: Path, workers: 
     env = dict(os.environ, PYTHONPATH=str(tree), MINLM_PURE_PYTHON="1" if pure_python else "0")
     argv = [sys.executable, "-c", _TOKENIZE_RUN, str(input_path), str(DATA / "gpt2_vocab.json"),
             str(DATA / "gpt2_merges.txt"), str(out_dir), str(workers)]
-    measured = json.loads(subprocess.run(argv, env=env, capture_output=True, text=True, check=True).stdout)
+    run = subprocess.run(argv, env=env, cwd=tree, capture_output=True, text=True, check=True)  # -c: cwd first
+    measured = json.loads(run.stdout)
     measured["identical"] = np.load(out_dir / f"{input_path.stem}.npy").tolist() == reference
     return measured
 

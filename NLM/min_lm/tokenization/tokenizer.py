@@ -483,8 +483,9 @@ def merge_with_heap(
     The same result as rescanning all pairs after each merge, in O(n log n) instead of O(n^2):
     - the parts live in a doubly linked list (`left[i]`, `right[i]` are the neighbours of the part
       that starts at byte i; `ids[i]` is None once that part has been merged into its left one);
-    - a heap holds (rank, i) for each adjacent pair, so the next merge is the smallest entry, and
-      on equal ranks the smallest i, the leftmost pair;
+    - a heap holds `rank * n + i` for each adjacent pair (rank, i), so the next merge is the
+      smallest entry, and on equal ranks the one with the smallest i, the leftmost pair (one int
+      per entry rather than a tuple: the heap compares them faster);
     - a merge changes only the pairs with its two neighbours: those are pushed, and instead of
       removing the entries that became stale, each popped entry is checked against the list
       (lazy invalidation). Each merge pushes at most two entries, so the heap holds fewer than 3n.
@@ -494,10 +495,10 @@ def merge_with_heap(
     n = len(ids)
     left = list(range(-1, n - 1))
     right = list(range(1, n + 1))  # n: no right neighbour
-    heap = [(rank, i) for i, pair in enumerate(pairwise(ids)) if (rank := rank_of.get(pair)) is not None]
+    heap = [rank * n + i for i, pair in enumerate(pairwise(ids)) if (rank := rank_of.get(pair)) is not None]
     heapify(heap)
     while heap:
-        rank, i = heappop(heap)
+        rank, i = divmod(heappop(heap), n)
         j = right[i]
         if j == n or rank_of.get((ids[i], ids[j])) != rank:
             continue  # stale: part i or j was merged since this entry was pushed
@@ -506,10 +507,10 @@ def merge_with_heap(
         if k < n:
             left[k] = i
             if (new_rank := rank_of.get((ids[i], ids[k]))) is not None:
-                heappush(heap, (new_rank, i))
+                heappush(heap, new_rank * n + i)
         h = left[i]
         if h >= 0 and (new_rank := rank_of.get((ids[h], ids[i]))) is not None:
-            heappush(heap, (new_rank, h))
+            heappush(heap, new_rank * n + h)
     return [token_id for token_id in ids if token_id is not None]
 
 
