@@ -40,7 +40,7 @@ import numpy as np
 import regex
 import tiktoken
 import tokenizers
-from machine import machine_info
+from machine import machine_info, save_results
 
 from NLM.min_lm.tokenization.pretokenize import GPT2_SPLIT_PATTERN
 from NLM.min_lm.tokenization.tokenizer import BPETokenizer, read_merges_file, read_vocab_file
@@ -234,9 +234,7 @@ def main() -> None:
         "tokenize_command_before_commit": args.before_commit if args.before_tree else None,
         "load_average_1min_at_end": load_average[0],
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.output}")
+    save_results(result, args.output)
 
 
 if __name__ == "__main__":

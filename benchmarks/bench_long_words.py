@@ -23,7 +23,6 @@ import os
 import random
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import time
 from collections.abc import Callable
@@ -34,7 +33,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import tiktoken
 import tokenizers
-from machine import machine_info
+from bench_encode import EOT, stdlib_text
+from machine import machine_info, save_results
 
 from NLM.min_lm.tokenization.bpe_trainer import train_bpe
 from NLM.min_lm.tokenization.pretokenize import GPT2_SPLIT_PATTERN
@@ -73,15 +73,8 @@ def cpu_seconds(fn: Callable[[], list[int]], repeats: int) -> tuple[float, list[
 
 def spaces_tokenizer_files(tmp: Path) -> tuple[Path, Path]:
     """A vocab with merges for runs of spaces, trained on Python sources (indentation)."""
-    root = Path(sysconfig.get_paths()["stdlib"])
-    parts, size = [], 0
-    for path in sorted(p for p in root.rglob("*.py") if "site-packages" not in p.parts):
-        parts.append(path.read_bytes().decode("utf-8", errors="replace"))
-        size += len(parts[-1])
-        if size > 3_000_000:
-            break
     corpus = tmp / "stdlib.txt"
-    corpus.write_text("".join(parts), encoding="utf-8")
+    corpus.write_text(stdlib_text(3_000_000)[0].replace(EOT, ""), encoding="utf-8")
     vocab, merges = train_bpe(corpus, 2048, [])
     write_vocab_file(tmp / "vocab.json", vocab)
     write_merges_file(tmp / "merges.txt", merges)
@@ -170,9 +163,7 @@ def main() -> None:
         "rows": rows,
         "load_average_1min_at_end": load_average[0],
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.output}")
+    save_results(result, args.output)
 
 
 if __name__ == "__main__":
