@@ -6,8 +6,6 @@ import importlib
 import importlib.metadata
 import sys
 
-from NLM.min_lm.tokenization.native import native_module
-
 # subcommand -> (module under NLM.min_lm.scripts, one-line summary)
 COMMANDS: dict[str, tuple[str, str]] = {
     "quickstart": ("quickstart", "the whole pipeline on a built-in corpus: tokenizer, model, samples"),
@@ -32,6 +30,8 @@ def _usage() -> str:
 
 def _version() -> str:
     """The package version and which tokenizer encoder runs (the compiled core, or Python without it)."""
+    from NLM.min_lm.tokenization.native import native_module  # here, so that `minlm --help` stays light
+
     try:
         version = importlib.metadata.version("min-lm")
     except importlib.metadata.PackageNotFoundError:
