@@ -30,6 +30,12 @@ enum { OTHER = 0, LETTER = 1, NUMBER = 2, SPACE = 3 };
 /* Pre-tokens up to this long are merged in stack buffers, longer ones in heap memory. */
 #define STACK_BYTES 128
 
+#if defined(__GNUC__) || defined(__clang__)
+#define PREFETCH(address) __builtin_prefetch(address)
+#else
+#define PREFETCH(address) ((void)(address))
+#endif
+
 
 /* ---------------------------------------------------------------------------------------------
  * The merge table: (left index, right index) -> (rank, merged index); twin of the tokenizer's
@@ -884,12 +890,21 @@ static PyObject *Encoder_encode_ordinary(Encoder *e, PyObject *args)
     Text t = text_of(text);
     IdBuffer out;
     ids_init(&out);
-    for (Py_ssize_t i = 0, j; i < t.length; i = j) {
-        j = chunk_end(e, t, i);
-        if (cached(e, &e->chunks, encode_chunk, t, i, j, hash_chars(e->hash_key, t, i, j), &out) < 0) {
+    /* One chunk ahead: the next chunk's slot is fetched from memory while this one is looked up
+     * (a lookup mostly waits for memory; this saves about a tenth of the time). */
+    Py_ssize_t end = t.length > 0 ? chunk_end(e, t, 0) : 0;
+    uint64_t hash = hash_chars(e->hash_key, t, 0, end);
+    for (Py_ssize_t start = 0; start < t.length;) {
+        Py_ssize_t next_end = end < t.length ? chunk_end(e, t, end) : end;
+        uint64_t next_hash = hash_chars(e->hash_key, t, end, next_end);
+        PREFETCH(&e->chunks.current.slots[next_hash & e->chunks.current.mask]);
+        if (cached(e, &e->chunks, encode_chunk, t, start, end, hash, &out) < 0) {
             ids_free(&out);
             return NULL;
         }
+        start = end;
+        end = next_end;
+        hash = next_hash;
     }
     return ids_take(e, &out);
 }
