@@ -19,6 +19,9 @@ lookups, and they have a size limit so that streaming a huge file cannot grow me
 
 `encode_iterable` streams: it encodes the text it has up to the last point where the rest of the
 stream cannot change the result (`_last_safe_cut`), and holds back only the tail after it.
+
+The same steps run in C when the optional compiled core is built (`_encode_core.c`, see
+`BPETokenizer._native_encoder`); this file stays the reference it is tested against.
 """
 
 from __future__ import annotations
@@ -246,8 +249,8 @@ class BPETokenizer:
 
         The core numbers tokens by their position in `id_objects` (ids can be any ints), and takes
         the character classes of GPT-2's pattern as a table, so that it splits text exactly as
-        the `regex` module does. It keeps its own chunk cache, bounded as `_Cache` is, whose hash is
-        keyed with random bytes so that no text can be made to collide in it.
+        the `regex` module does. It keeps its own caches of chunks and pre-tokens, bounded as `_Cache`
+        is, hashed with a random key so that no text can be made to collide in them.
         """
         core = native_module("_encode_core", native)
         if core is None:
