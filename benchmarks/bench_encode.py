@@ -8,7 +8,9 @@ Encoders, all built from the same vocab.json / merges.txt, ids compared for iden
 - tiktoken: `Encoding.encode(text, allowed_special="all")` (Rust);
 - HF tokenizers: a BPE model with GPT-2's byte-level pre-tokenizer, `Tokenizer.encode(text)` (Rust);
 - ours, C core / pure Python (`native=True` / `native=False`), cold: a fresh tokenizer's first `encode`
-  (its caches empty, as when a corpus is tokenized once); warm: a second `encode` of the same text.
+  (its caches empty, as when a corpus is tokenized once); warm: a second `encode` of the same text;
+- before (with `--before_tree DIR`, a checkout of the code before the core and the O(n log n) merge,
+  e.g. `git archive df5c359 | tar -x -C DIR`): the same cold and warm encodes in a fresh process.
 Single-process rows use CPU time (`time.process_time`), the best of `--repeats`, interleaved, because
 the machine is shared; MB/s is UTF-8 bytes of input per CPU second.
 - One pass over all of the stdlib (`--long_mb`, ~32 MB): a fresh tokenizer and tiktoken each encode it
@@ -16,8 +18,7 @@ the machine is shared; MB/s is UTF-8 bytes of input per CPU second.
 - The `tokenize` command on the 5 MB stdlib file, in a subprocess per run: "wall" is the encode time the
   command itself reports (its summary's MB/s; tokenizer load excluded), "CPU" divides the bytes by the
   CPU seconds of the command and its workers (tokenizer load included). Rows for the C core, for pure
-  Python (MINLM_PURE_PYTHON=1) and, with `--before_tree DIR` (a checkout of the code before the core,
-  e.g. `git archive df5c359 | tar -x -C DIR`), for that code.
+  Python (MINLM_PURE_PYTHON=1) and, with `--before_tree DIR`, for the code before.
 
     python benchmarks/bench_encode.py [--mb 5] [--repeats 3] [--long_mb 40] [--workers 2] [--before_tree DIR]
 """
@@ -91,12 +92,40 @@ class Encoders:
         return BPETokenizer(self.vocab, self.merges, [EOT], native=native)
 
 
-def time_text(encoders: Encoders, text: str, repeats: int, with_hf: bool = True) -> dict:
+# Encodes the text in file argv[3] with a fresh tokenizer twice (cold, warm), in the code on PYTHONPATH.
+_ENCODE_RUN = """
+import json, sys, time
+from NLM.min_lm.tokenization.tokenizer import BPETokenizer
+tokenizer = BPETokenizer.from_files(sys.argv[1], sys.argv[2], ["<|endoftext|>"])
+text = open(sys.argv[3], encoding="utf-8").read()
+seconds = []
+for _ in range(2):
+    start = time.process_time()
+    ids = tokenizer.encode(text)
+    seconds.append(time.process_time() - start)
+print(json.dumps({"cold": seconds[0], "warm": seconds[1], "hash": hash(tuple(ids))}))
+"""
+
+
+def encode_before(tree: Path, text: str) -> dict:
+    """Cold and warm CPU seconds of the code in `tree` (a fresh process), and its ids' hash."""
+    with tempfile.TemporaryDirectory() as tmp:
+        text_path = Path(tmp) / "text.txt"
+        text_path.write_text(text, encoding="utf-8")
+        argv = [sys.executable, "-c", _ENCODE_RUN, str(DATA / "gpt2_vocab.json"),
+                str(DATA / "gpt2_merges.txt"), str(text_path)]
+        run = subprocess.run(argv, env=dict(os.environ, PYTHONPATH=str(tree)), cwd=tree,  # -c: cwd first
+                             capture_output=True, text=True, check=True)
+    return json.loads(run.stdout)
+
+
+def time_text(encoders: Encoders, text: str, repeats: int, with_hf: bool = True,
+              before_tree: Path | None = None) -> dict:
     """Best CPU seconds per encoder on `text`, and whether each gave tiktoken's ids."""
     times: dict[str, list[float]] = {}
     identical: dict[str, bool] = {}
 
-    def record(name: str, seconds: float, ids: list[int], reference: list[int]) -> None:
+    def record(name: str, seconds: float, ids: list[int] | int, reference: list[int] | int) -> None:
         times.setdefault(name, []).append(seconds)
         identical[name] = identical.get(name, True) and ids == reference
 
@@ -114,6 +143,10 @@ def time_text(encoders: Encoders, text: str, repeats: int, with_hf: bool = True)
                 seconds, ids = cpu_seconds(lambda tok=fresh: tok.encode(text))
                 record(f"{name}_warm", seconds, ids, reference)
             del fresh, ids
+        if before_tree is not None:
+            before = encode_before(before_tree, text)
+            record("before_python_cold", before["cold"], before["hash"], hash(tuple(reference)))
+            record("before_python_warm", before["warm"], before["hash"], hash(tuple(reference)))
         del reference
     num_bytes = len(text.encode("utf-8"))
     mb_per_s = {name: num_bytes / 1e6 / min(ts) for name, ts in times.items()}
@@ -189,8 +222,9 @@ def main() -> None:
     encoders = Encoders()
     stdlib, num_files = stdlib_text(int(args.mb * 1e6))
     prose = "".join((DATA / name).read_text(encoding="utf-8") for name in PROSE_FILES)
-    texts = {"stdlib": time_text(encoders, stdlib, args.repeats),
-             "prose": time_text(encoders, prose, args.repeats)}
+    before = args.before_tree.resolve() if args.before_tree else None
+    texts = {"stdlib": time_text(encoders, stdlib, args.repeats, before_tree=before),
+             "prose": time_text(encoders, prose, args.repeats, before_tree=before)}
     texts["stdlib"]["files"] = num_files
     if args.long_mb > 0:
         long_text, _ = stdlib_text(int(args.long_mb * 1e6))
@@ -204,7 +238,8 @@ def main() -> None:
     names = {"stdlib": f"{texts['stdlib']['bytes'] / 1e6:.1f} MB stdlib", "prose": "5.3 MB prose",
              "stdlib_one_pass": "one pass, all stdlib"}
     print(f"{'encoder (CPU-time MB/s; x = vs tiktoken)':44}" + "".join(f"{names[t]:>24}" for t in texts))
-    rows = ["tiktoken", "hf_tokenizers", "ours_c_cold", "ours_c_warm", "ours_python_cold", "ours_python_warm"]
+    rows = ["tiktoken", "hf_tokenizers", "ours_c_cold", "ours_c_warm", "ours_python_cold", "ours_python_warm",
+            "before_python_cold", "before_python_warm"]
     for row in rows:
         cells = []
         for result in texts.values():
