@@ -26,6 +26,7 @@ the machine is shared; MB/s is UTF-8 bytes of input per CPU second.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import subprocess
@@ -143,6 +144,7 @@ def time_text(encoders: Encoders, text: str, repeats: int, with_hf: bool = True,
                 seconds, ids = cpu_seconds(lambda tok=fresh: tok.encode(text))
                 record(f"{name}_warm", seconds, ids, reference)
             del fresh, ids
+            gc.collect()  # free that tokenizer now (its caches form cycles), not during a later row
         if before_tree is not None:
             before = encode_before(before_tree, text)
             record("before_python_cold", before["cold"], before["hash"], hash(tuple(reference)))
