@@ -105,8 +105,9 @@ static Text text_of(PyObject *str)
         v2 += v1; v1 = ROTL(v1, 17); v1 ^= v2; v2 = ROTL(v2, 32);                                  \
     } while (0)
 
-/* SipHash-1-3 of t[start:end], two code points per 64-bit word; the last word holds the length
- * and, for an odd length, the last code point (or 0x110000, which is no code point). */
+/* SipHash-1-3 of t[start:end] (twin of `hash(str)`, also a keyed SipHash), two code points per 64-bit
+ * word; the last word holds the length and, for an odd length, the last code point (or 0x110000, which
+ * is no code point). */
 static uint64_t hash_chars(const uint64_t key[2], Text t, Py_ssize_t start, Py_ssize_t end)
 {
     uint64_t v0 = key[0] ^ 0x736f6d6570736575ULL, v1 = key[1] ^ 0x646f72616e646f6dULL;
@@ -212,7 +213,7 @@ static const ChunkEntry *generation_find(const Generation *g, uint64_t hash, Tex
     }
 }
 
-/* Store an entry (the caller made sure there is room). */
+/* Store an entry (the caller made sure there is room): twin of a dict store. */
 static void generation_add(Generation *g, ChunkEntry *entry)
 {
     size_t i = (size_t)entry->hash & g->mask;
@@ -336,6 +337,7 @@ static long index_in_range(PyObject *obj, long limit, const char *what)
     return value;
 }
 
+/* Fill the merge table: twin of the loop that builds `_merge_rank` and `_merged_id` in `__init__`. */
 static int build_pair_table(Encoder *e, PyObject *merges, long num_tokens)
 {
     PyObject *seq = PySequence_Fast(merges, "merges must be a sequence of (left, right, rank, merged)");
@@ -367,7 +369,7 @@ static int build_pair_table(Encoder *e, PyObject *merges, long num_tokens)
             goto error;
         }
         long left = index_in_range(PyTuple_GET_ITEM(item, 0), num_tokens, "merge token index");
-        long right = left < 0 ? -1 : index_in_range(PyTuple_GET_ITEM(item, 1), num_tokens, "merge token index");
+        long right = left < 0 ? -1 : index_in_range(PyTuple_GET_ITEM(item, 1), num_tokens, "merge index");
         long rank = right < 0 ? -1 : index_in_range(PyTuple_GET_ITEM(item, 2), INT32_MAX, "merge rank");
         long merged = rank < 0 ? -1 : index_in_range(PyTuple_GET_ITEM(item, 3), num_tokens, "merged index");
         if (merged < 0)
@@ -389,7 +391,8 @@ error:
     return -1;
 }
 
-/* The table of pre-tokens that are one token (str -> token index), keyed like the chunk cache. */
+/* The table of pre-tokens that are one token (str -> token index), keyed like the caches: twin of
+ * `_whole_token_ids`. */
 static int build_whole_tokens(Encoder *e, PyObject *whole_tokens, long num_tokens)
 {
     if (generation_init(&e->whole_tokens, PyDict_GET_SIZE(whole_tokens)) < 0)
@@ -430,9 +433,9 @@ static int Encoder_init(Encoder *e, PyObject *args, PyObject *kwargs)
         PyErr_SetString(PyExc_RuntimeError, "Encoder is already initialised");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!OOO!O!nny*:Encoder", keywords, &PyTuple_Type, &id_objects,
-                                     &byte_index, &merges, &PyDict_Type, &whole_tokens, &PyBytes_Type,
-                                     &char_classes, &cache_size, &cached_chars, &hash_key))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!OOO!O!nny*:Encoder", keywords, &PyTuple_Type,
+                                     &id_objects, &byte_index, &merges, &PyDict_Type, &whole_tokens,
+                                     &PyBytes_Type, &char_classes, &cache_size, &cached_chars, &hash_key))
         return -1;
     int ok = hash_key.len == 16;
     memcpy(e->hash_key, hash_key.buf, ok ? 16 : 0);
@@ -527,6 +530,7 @@ static inline int candidate_less(Candidate a, Candidate b)
     return a.rank < b.rank || (a.rank == b.rank && a.pos < b.pos);
 }
 
+/* Twin of `heapq.heappush`. */
 static void heap_push(Candidate *heap, Py_ssize_t *size, Candidate c)
 {
     Py_ssize_t i = (*size)++;
@@ -540,6 +544,7 @@ static void heap_push(Candidate *heap, Py_ssize_t *size, Candidate c)
     heap[i] = c;
 }
 
+/* Twin of `heapq.heappop`. */
 static Candidate heap_pop(Candidate *heap, Py_ssize_t *size)
 {
     Candidate top = heap[0], last = heap[--(*size)];
@@ -968,7 +973,8 @@ static PyMethodDef Encoder_methods[] = {
     {"merge", (PyCFunction)Encoder_merge, METH_VARARGS,
      "merge(token_bytes) -> ids after applying the merges (BPETokenizer._merge)"},
     {"chunks", (PyCFunction)Encoder_chunks, METH_VARARGS, "chunks(text) -> _CHUNK_RE.findall(text)"},
-    {"pretokens", (PyCFunction)Encoder_pretokens, METH_VARARGS, "pretokens(text) -> GPT2_REGEX.findall(text)"},
+    {"pretokens", (PyCFunction)Encoder_pretokens, METH_VARARGS,
+     "pretokens(text) -> GPT2_REGEX.findall(text)"},
     {NULL, NULL, 0, NULL},
 };
 
