@@ -7,10 +7,11 @@ Texts (each row encodes one whole text; `<|endoftext|>` is a special token every
 Encoders, all built from the same vocab.json / merges.txt, ids compared for identity with tiktoken's:
 - tiktoken: `Encoding.encode(text, allowed_special="all")` (Rust);
 - HF tokenizers: a BPE model with GPT-2's byte-level pre-tokenizer, `Tokenizer.encode(text)` (Rust);
-- ours, C core / pure Python (`native=True` / `native=False`), cold: a fresh tokenizer's first `encode`
-  (its caches empty, as when a corpus is tokenized once); warm: a second `encode` of the same text;
-- before (with `--before_tree DIR`, a checkout of the code before the core and the O(n log n) merge,
-  e.g. `git archive df5c359 | tar -x -C DIR`): the same cold and warm encodes in a fresh process.
+- ours, C core, cold: a fresh tokenizer's first `encode` (its caches empty, as when a corpus is
+  tokenized once); warm: a second `encode` of the same text;
+- ours, pure Python (MINLM_PURE_PYTHON=1), and before (with `--before_tree DIR`, a checkout of the code
+  before the core and the O(n log n) merge, e.g. `git archive df5c359 | tar -x -C DIR`): the same cold
+  and warm encodes, each in a fresh process.
 Single-process rows use CPU time (`time.process_time`), the best of `--repeats`, interleaved, because
 the machine is shared; MB/s is UTF-8 bytes of input per CPU second.
 - One pass over all of the stdlib (`--long_mb`, ~32 MB): a fresh tokenizer and tiktoken each encode it
@@ -26,7 +27,6 @@ the machine is shared; MB/s is UTF-8 bytes of input per CPU second.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import subprocess
@@ -108,15 +108,19 @@ print(json.dumps({"cold": seconds[0], "warm": seconds[1], "hash": hash(tuple(ids
 """
 
 
-def encode_before(tree: Path, text: str) -> dict:
-    """Cold and warm CPU seconds of the code in `tree` (a fresh process), and its ids' hash."""
+def encode_in_fresh_process(tree: Path, text: str, pure_python: bool = True) -> dict:
+    """Cold and warm CPU seconds of the code in `tree` (in a fresh process), and its ids' hash.
+
+    The Python rows run this way, ours as well as the code before, so that neither pays for what this
+    process holds (other encoders, earlier results: the garbage collector walks them all)."""
     with tempfile.TemporaryDirectory() as tmp:
         text_path = Path(tmp) / "text.txt"
         text_path.write_text(text, encoding="utf-8")
         argv = [sys.executable, "-c", _ENCODE_RUN, str(DATA / "gpt2_vocab.json"),
                 str(DATA / "gpt2_merges.txt"), str(text_path)]
-        run = subprocess.run(argv, env=dict(os.environ, PYTHONPATH=str(tree)), cwd=tree,  # -c: cwd first
-                             capture_output=True, text=True, check=True)
+        env = dict(os.environ, PYTHONPATH=str(tree), MINLM_PURE_PYTHON="1" if pure_python else "0")
+        # cwd=tree: `python -c` puts the working directory first on sys.path
+        run = subprocess.run(argv, env=env, cwd=tree, capture_output=True, text=True, check=True)
     return json.loads(run.stdout)
 
 
@@ -136,19 +140,17 @@ def time_text(encoders: Encoders, text: str, repeats: int, with_hf: bool = True,
         if with_hf:
             seconds, ids = cpu_seconds(lambda: encoders.hf.encode(text, add_special_tokens=False).ids)
             record("hf_tokenizers", seconds, ids, reference)
-        for native, name in ((True, "ours_c"), (False, "ours_python")):
-            fresh = encoders.ours(native)
-            seconds, ids = cpu_seconds(lambda tok=fresh: tok.encode(text))
-            record(f"{name}_cold", seconds, ids, reference)
-            if with_hf:  # the one-pass rows only need cold
-                seconds, ids = cpu_seconds(lambda tok=fresh: tok.encode(text))
-                record(f"{name}_warm", seconds, ids, reference)
-            del fresh, ids
-            gc.collect()  # free that tokenizer now (its caches form cycles), not during a later row
-        if before_tree is not None:
-            before = encode_before(before_tree, text)
-            record("before_python_cold", before["cold"], before["hash"], hash(tuple(reference)))
-            record("before_python_warm", before["warm"], before["hash"], hash(tuple(reference)))
+        fresh = encoders.ours(native=True)
+        seconds, ids = cpu_seconds(lambda tok=fresh: tok.encode(text))
+        record("ours_c_cold", seconds, ids, reference)
+        seconds, ids = cpu_seconds(lambda tok=fresh: tok.encode(text))
+        record("ours_c_warm", seconds, ids, reference)
+        del fresh, ids
+        for name, tree in (("ours_python", REPO), ("before_python", before_tree)):
+            if tree is not None:
+                measured = encode_in_fresh_process(tree, text)
+                record(f"{name}_cold", measured["cold"], measured["hash"], hash(tuple(reference)))
+                record(f"{name}_warm", measured["warm"], measured["hash"], hash(tuple(reference)))
         del reference
     num_bytes = len(text.encode("utf-8"))
     mb_per_s = {name: num_bytes / 1e6 / min(ts) for name, ts in times.items()}
