@@ -98,7 +98,7 @@ _ENCODE_RUN = """
 import json, sys, time
 from NLM.min_lm.tokenization.tokenizer import BPETokenizer
 tokenizer = BPETokenizer.from_files(sys.argv[1], sys.argv[2], ["<|endoftext|>"])
-text = open(sys.argv[3], encoding="utf-8").read()
+text = open(sys.argv[3], encoding="utf-8", newline="").read()
 seconds = []
 for _ in range(2):
     start = time.process_time()
@@ -115,7 +115,7 @@ def encode_in_fresh_process(tree: Path, text: str, pure_python: bool = True) -> 
     process holds (other encoders, earlier results: the garbage collector walks them all)."""
     with tempfile.TemporaryDirectory() as tmp:
         text_path = Path(tmp) / "text.txt"
-        text_path.write_text(text, encoding="utf-8")
+        text_path.write_text(text, encoding="utf-8", newline="")
         argv = [sys.executable, "-c", _ENCODE_RUN, str(DATA / "gpt2_vocab.json"),
                 str(DATA / "gpt2_merges.txt"), str(text_path)]
         env = dict(os.environ, PYTHONPATH=str(tree), MINLM_PURE_PYTHON="1" if pure_python else "0")

@@ -55,7 +55,7 @@ _BEFORE_RUN = """
 import json, sys, time
 from NLM.min_lm.tokenization.tokenizer import BPETokenizer
 tokenizer = BPETokenizer.from_files(sys.argv[1], sys.argv[2])
-text = open(sys.argv[3], encoding="utf-8").read()
+text = open(sys.argv[3], encoding="utf-8", newline="").read()
 start = time.process_time()
 ids = tokenizer.encode(text)
 print(json.dumps({"seconds": time.process_time() - start, "ids": ids}))
@@ -97,7 +97,7 @@ def encoders_for(vocab_path: Path, merges_path: Path) -> dict[str, Callable[[str
 def encode_before(tree: Path, files: tuple[Path, Path], text: str, tmp: Path) -> tuple[float, list[int]]:
     """CPU seconds and ids of the code in `tree`, in a fresh process."""
     text_path = tmp / "text.txt"
-    text_path.write_text(text, encoding="utf-8")
+    text_path.write_text(text, encoding="utf-8", newline="")
     run = subprocess.run([sys.executable, "-c", _BEFORE_RUN, *map(str, files), str(text_path)],
                          env=dict(os.environ, PYTHONPATH=str(tree.resolve())), cwd=tree,  # -c: cwd first
                          capture_output=True, text=True, check=True)
