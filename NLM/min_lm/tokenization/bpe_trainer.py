@@ -13,6 +13,11 @@ far faster with three ideas:
    the newly made token, so an entry in the heap is checked when popped: if its count is out of
    date it is pushed back with the current count ("lazy deletion").
 
+Rewriting a word at each merge that touches it costs time in proportion to its length, which is
+quadratic for one huge word (a megabyte of base64 or DNA with no space in it). Words longer than
+`LONG_WORD` bytes are therefore kept as linked lists with an index pair -> positions
+(`_LongWord`), so that a merge costs time in proportion to the pair's occurrences only.
+
 Ties between equally frequent pairs go to the lexicographically greater pair of byte strings. The
 heap is a min-heap, so each entry's key is (-count, rev(a), rev(b)) where `rev` turns byte strings
 into strings whose order is the reverse of the bytes' order (see `_descending_key`).
@@ -23,6 +28,7 @@ from __future__ import annotations
 import heapq
 import os
 import warnings
+from array import array
 from collections import defaultdict
 from itertools import pairwise
 from pathlib import Path
@@ -30,7 +36,12 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from NLM.min_lm.errors import UserError
+from NLM.min_lm.tokenization.native import native_module
 from NLM.min_lm.tokenization.pretokenize import count_pretokens_in_file
+
+# Words longer than this (in bytes) are merged through an index of positions (`_LongWord`); shorter
+# ones are rewritten whole at each merge, which is faster while a word is short.
+LONG_WORD = 2048
 
 # Maps byte value i (as a latin-1 character) to code point 255 - i; see `_descending_key`.
 _INVERT_BYTES = {i: 255 - i for i in range(256)}
@@ -54,6 +65,7 @@ def train_bpe(
     num_workers: int | None = None,
     chunk_size: int = 4 << 20,
     verbose: bool = False,
+    native: bool | None = None,
 ) -> tuple[dict[int, bytes], list[tuple[bytes, bytes]]]:
     """Learn a byte-level BPE vocabulary of `vocab_size` tokens from the UTF-8 text file `input_path`.
 
@@ -62,7 +74,9 @@ def train_bpe(
     they were learned. Fewer merges come back when the text runs out of pairs.
 
     Options: `num_workers` processes count pre-tokens (default: the CPUs this process may use),
-    reading the file in ranges of about `chunk_size` bytes; `verbose` shows progress bars.
+    reading the file in ranges of about `chunk_size` bytes; `verbose` shows progress bars; `native`
+    picks the merge loop: the compiled core `_train_core` (True), this module's Python (False), or
+    the core where it was built unless MINLM_PURE_PYTHON=1 (None). Both give the same merges.
     Invalid UTF-8 is replaced by U+FFFD, with one warning giving how many sequences were bad.
     """
     path = Path(input_path)
@@ -86,7 +100,7 @@ def train_bpe(
         )
 
     num_merges = vocab_size - len(special_tokens) - 256
-    merge_ids, tokens = learn_merges(word_counts, num_merges, verbose=verbose)
+    merge_ids, tokens = learn_merges(word_counts, num_merges, verbose=verbose, native=native)
 
     vocab = {i: s.encode("utf-8") for i, s in enumerate(special_tokens)}
     vocab.update({len(special_tokens) + i: token for i, token in enumerate(tokens)})
@@ -119,13 +133,31 @@ def _check_arguments(path: Path, vocab_size: int, special_tokens: list[str]) -> 
 
 
 def learn_merges(
-    word_counts: dict[str, int], num_merges: int, verbose: bool = False
+    word_counts: dict[str, int], num_merges: int, verbose: bool = False, native: bool | None = None
 ) -> tuple[list[tuple[int, int]], list[bytes]]:
     """Run up to `num_merges` BPE merges on pre-token counts.
 
     Token ids here are 0..255 for the single bytes and 256, 257, ... for merged tokens. Returns the
-    merged pairs as ids and the bytes of every token (index = id).
+    merged pairs as ids and the bytes of every token (index = id). `native` as in `train_bpe`.
     """
+    core = native_module("_train_core", native)
+    progress = tqdm(total=num_merges, desc="merges", unit="merge", disable=not verbose)
+    if core is not None:
+        merges = core.learn_merges(word_counts, num_merges, progress.update if verbose else None)
+        tokens = [bytes([i]) for i in range(256)]
+        tokens += (b"" for _ in merges)  # filled in order below: each merge only uses earlier tokens
+        for new, (a, b) in enumerate(merges, start=256):
+            tokens[new] = tokens[a] + tokens[b]
+    else:
+        merges, tokens = _learn_merges_python(word_counts, num_merges, progress)
+    progress.close()
+    return merges, tokens
+
+
+def _learn_merges_python(
+    word_counts: dict[str, int], num_merges: int, progress: tqdm
+) -> tuple[list[tuple[int, int]], list[bytes]]:
+    """The merge loop in Python: the reference that `_train_core.learn_merges` mirrors."""
     # Words of one byte have no pairs and never change: only longer words take part.
     words: list[list[int]] = []
     freqs: list[int] = []
@@ -143,11 +175,13 @@ def learn_merges(
         for pair in pairwise(word):
             pair_counts[pair] += freq
             words_with[pair].add(w)
+    long_words = {w: _LongWord(word) for w, word in enumerate(words) if len(word) > LONG_WORD}
+    for w in long_words:
+        words[w] = []  # the _LongWord holds it now
     heap = [(-count, keys[a], keys[b], a, b) for (a, b), count in pair_counts.items()]
     heapq.heapify(heap)
 
     merges: list[tuple[int, int]] = []
-    progress = tqdm(total=num_merges, desc="merges", unit="merge", disable=not verbose)
     while len(merges) < num_merges and heap:
         neg_count, _, _, a, b = heapq.heappop(heap)
         count = pair_counts[a, b]
@@ -160,11 +194,12 @@ def learn_merges(
         tokens.append(tokens[a] + tokens[b])
         keys.append(_descending_key(tokens[new]))
         merges.append((a, b))
-        new_pairs = _merge_in_words(a, b, new, words, freqs, words_with.pop((a, b)), pair_counts, words_with)
+        candidates = words_with.pop((a, b))
+        new_pairs = _merge_in_words(a, b, new, words, freqs, candidates, pair_counts, words_with, long_words)
         for pair in new_pairs:
-            heapq.heappush(heap, (-pair_counts[pair], keys[pair[0]], keys[pair[1]], pair[0], pair[1]))
+            if pair_counts[pair] > 0:  # in a long word, the next occurrence can undo a pair just made
+                heapq.heappush(heap, (-pair_counts[pair], keys[pair[0]], keys[pair[1]], pair[0], pair[1]))
         progress.update()
-    progress.close()
     return merges, tokens
 
 
@@ -177,6 +212,7 @@ def _merge_in_words(
     candidates: set[int],
     pair_counts: defaultdict[tuple[int, int], int],
     words_with: defaultdict[tuple[int, int], set[int]],
+    long_words: dict[int, _LongWord],
 ) -> set[tuple[int, int]]:
     """Replace each (a, b) by `new` in the candidate words, updating the pair counts and index.
 
@@ -187,6 +223,12 @@ def _merge_in_words(
     """
     new_pairs: set[tuple[int, int]] = set()
     for w in candidates:
+        if w in long_words:
+            made = long_words[w].merge(a, b, new, freqs[w], pair_counts)
+            for pair in made:
+                words_with[pair].add(w)
+            new_pairs |= made
+            continue
         word = words[w]
         last = len(word) - 1
         merged: list[int] = []
@@ -230,3 +272,68 @@ def _merge_in_words(
             words[w] = merged
     pair_counts.pop((a, b), None)
     return new_pairs
+
+
+class _LongWord:
+    """A long word as a linked list of tokens with an index pair -> positions.
+
+    A token keeps the position of the first byte it covers; `next` and `prev` link the positions
+    still in use (-1 at the ends), and a position whose token was merged into its left neighbour
+    holds _GONE. `positions` maps each pair in the word to the positions of its left token, so a
+    merge visits only the pair's occurrences. This costs more per occurrence than rewriting a short
+    word, and far less than rewriting a long word that holds a few occurrences.
+    """
+
+    _GONE = -1
+
+    def __init__(self, word: list[int]):
+        n = len(word)
+        self.tokens = array("q", word)
+        self.next = array("q", range(1, n + 1))
+        self.next[-1] = -1
+        self.prev = array("q", range(-1, n - 1))
+        self.positions: defaultdict[tuple[int, int], set[int]] = defaultdict(set)
+        for i, pair in enumerate(pairwise(word)):
+            self.positions[pair].add(i)
+
+    def merge(
+        self, a: int, b: int, new: int, freq: int, pair_counts: defaultdict[tuple[int, int], int]
+    ) -> set[tuple[int, int]]:
+        """Replace each (a, b) by `new`, left to right; update `pair_counts` (weighted by the word's
+        frequency `freq`) and return the pairs made with `new`, as `_merge_in_words` does."""
+        tokens, next_, prev, positions = self.tokens, self.next, self.prev, self.positions
+        found = positions.pop((a, b), set())
+        made: set[tuple[int, int]] = set()
+        # Occurrences overlap only when a == b ("a a a" gives "new a"): then go left to right.
+        for i in sorted(found) if a == b else found:
+            j = next_[i]
+            if tokens[i] != a or j < 0 or tokens[j] != b:  # taken by the occurrence just merged
+                continue
+            left, k = prev[i], next_[j]
+            if left >= 0:  # (x, a) at `left` becomes (x, new)
+                x = tokens[left]
+                self._forget(left, (x, a), freq, pair_counts)
+                pair = (x, new)
+                pair_counts[pair] += freq
+                positions[pair].add(left)
+                made.add(pair)
+            if k >= 0:  # (b, y) at j becomes (new, y) at i
+                y = tokens[k]
+                self._forget(j, (b, y), freq, pair_counts)
+                pair = (new, y)
+                pair_counts[pair] += freq
+                positions[pair].add(i)
+                made.add(pair)
+                prev[k] = i
+            tokens[i], tokens[j] = new, self._GONE
+            next_[i] = k
+        return made
+
+    def _forget(self, i: int, pair: tuple[int, int], freq: int, pair_counts: dict) -> None:
+        """Take away the occurrence of `pair` at position i."""
+        pair_counts[pair] -= freq
+        where = self.positions.get(pair)
+        if where is not None:  # None for (a, a) itself while it is being merged
+            where.discard(i)
+            if not where:
+                del self.positions[pair]
