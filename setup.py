@@ -7,7 +7,9 @@ pure-Python code runs instead (see NLM/min_lm/tokenization/native.py).
 from setuptools import Extension, setup
 
 EXTENSIONS = [
-    Extension("NLM.min_lm.tokenization._train_core", ["NLM/min_lm/tokenization/_train_core.c"], optional=True),
+    Extension(
+        "NLM.min_lm.tokenization._train_core", ["NLM/min_lm/tokenization/_train_core.c"], optional=True
+    ),
 ]
 
 setup(ext_modules=EXTENSIONS)

@@ -197,8 +197,9 @@ def _learn_merges_python(
         candidates = words_with.pop((a, b))
         new_pairs = _merge_in_words(a, b, new, words, freqs, candidates, pair_counts, words_with, long_words)
         for pair in new_pairs:
-            if pair_counts[pair] > 0:  # in a long word, the next occurrence can undo a pair just made
-                heapq.heappush(heap, (-pair_counts[pair], keys[pair[0]], keys[pair[1]], pair[0], pair[1]))
+            count = pair_counts[pair]
+            if count:  # 0 where, in a long word, the next occurrence undid the pair just made
+                heapq.heappush(heap, (-count, keys[pair[0]], keys[pair[1]], pair[0], pair[1]))
         progress.update()
     return merges, tokens
 
@@ -223,7 +224,7 @@ def _merge_in_words(
     """
     new_pairs: set[tuple[int, int]] = set()
     for w in candidates:
-        if w in long_words:
+        if long_words and w in long_words:
             made = long_words[w].merge(a, b, new, freqs[w], pair_counts)
             for pair in made:
                 words_with[pair].add(w)
