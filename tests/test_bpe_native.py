@@ -140,6 +140,21 @@ def test_core_on_a_long_word_equals_python():
     both({word: 3, word[:300]: 2, "ba": 1}, 800)
 
 
+def test_core_equals_reference_on_hostile_text(tmp_path):
+    # Long runs of one byte, of spaces and of a two-byte pattern, invalid UTF-8, specials back to
+    # back and at the ends: one file, three trainers, the same vocabulary and merges.
+    raw = (
+        b"<|endoftext|>" + b"a" * 3000 + b" " * 4000 + b"x<|endoftext|><|endoftext|>\xff\xfe"
+        + b"ab" * 2500 + b"\n\n\n" + "é".encode() * 900 + b"\xe2\x82 " + b"\t" * 700 + b"<|endoftext|>"
+    )
+    path = tmp_path / "hostile.txt"
+    path.write_bytes(raw)
+    expected = reference_train_bpe(raw.decode("utf-8", errors="replace"), 330, [SPECIAL])
+    with pytest.warns(UnicodeWarning):
+        for native in (True, False):
+            assert train_bpe(path, 330, [SPECIAL], num_workers=2, chunk_size=1000, native=native) == expected
+
+
 @pytest.mark.parametrize(
     "word_counts, error",
     [
