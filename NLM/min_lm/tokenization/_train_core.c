@@ -335,26 +335,25 @@ static int count_pairs(Trainer *t) {
 /* One merge                                                                                        */
 /* ---------------------------------------------------------------------------------------------- */
 
-/* Take away one occurrence (of a word of frequency `freq`) of pair (x, y). Python twin:
- * _LongWord._forget. Its list of positions is freed once the count reaches 0, unless the pair
- * holds the token being made (such a pair can still gain occurrences later in this merge). */
-static void forget(Trainer *t, int32_t x, int32_t y, int64_t freq, int32_t new) {
-    int32_t p = find_pair(t, x, y);
-    if (p < 0) return; /* cannot happen: every pair in a word was counted */
-    t->pairs[p].count -= freq;
-    if (t->pairs[p].count == 0 && x != new && y != new) positions_free(&t->pairs[p].where);
-}
-
-/* Add one occurrence of (x, y) at position i, and note the pair as made by this merge. Python
- * twin: the `pair_counts[pair] += freq; positions[pair].add(i); made.add(pair)` lines. */
-static int add(Trainer *t, int32_t x, int32_t y, int32_t i, int64_t freq, int32_t merge) {
-    int32_t p = get_pair(t, x, y);
-    if (p < 0 || positions_append(&t->pairs[p].where, i)) return -1;
-    t->pairs[p].count += freq;
-    if (t->pairs[p].made_in != merge) {
-        t->pairs[p].made_in = merge;
+/* An occurrence of pair (x, y) becomes one of pair (u, v) at position j, in a word of frequency
+ * `freq`; (u, v) is noted as made by this merge. Python twin: _LongWord._move, except that the old
+ * position stays in (x, y)'s list, to be skipped when used. That list is freed once the count reaches
+ * 0, unless the pair holds the token being made (`new`): a pair of older tokens never forms again,
+ * but one with `new` can, later in this merge. */
+static int move(Trainer *t, int32_t x, int32_t y, int32_t u, int32_t v, int32_t j, int64_t freq, int32_t new,
+                int32_t merge) {
+    int32_t p = find_pair(t, x, y); /* always found: every pair in a word was counted */
+    if (p >= 0) {
+        t->pairs[p].count -= freq;
+        if (t->pairs[p].count == 0 && x != new && y != new) positions_free(&t->pairs[p].where);
+    }
+    int32_t q = get_pair(t, u, v);
+    if (q < 0 || positions_append(&t->pairs[q].where, j)) return -1;
+    t->pairs[q].count += freq;
+    if (t->pairs[q].made_in != merge) {
+        t->pairs[q].made_in = merge;
         if (grow((void **)&t->made, &t->made_cap, t->made_len + 1, sizeof(int32_t))) return -1;
-        t->made[t->made_len++] = p;
+        t->made[t->made_len++] = q;
     }
     return 0;
 }
@@ -382,13 +381,11 @@ static int merge_pair(Trainer *t, int32_t p, int32_t new, int32_t merge) {
         int32_t left = t->at[i].prev, k = t->at[j].next;
         if (left >= 0) { /* (x, a) at `left` becomes (x, new) */
             int32_t x = t->at[left].token;
-            forget(t, x, a, freq, new);
-            status = add(t, x, new, left, freq, merge);
+            status = move(t, x, a, x, new, left, freq, new, merge);
         }
         if (k >= 0 && status == 0) { /* (b, y) at j becomes (new, y) at i */
             int32_t y = t->at[k].token;
-            forget(t, b, y, freq, new);
-            status = add(t, new, y, i, freq, merge);
+            status = move(t, b, y, new, y, i, freq, new, merge);
             t->at[k].prev = i;
         }
         t->at[i].token = new;

@@ -302,8 +302,8 @@ class _LongWord:
     ) -> set[tuple[int, int]]:
         """Replace each (a, b) by `new`, left to right; update `pair_counts` (weighted by the word's
         frequency `freq`) and return the pairs made with `new`, as `_merge_in_words` does."""
-        tokens, next_, prev, positions = self.tokens, self.next, self.prev, self.positions
-        found = positions.pop((a, b), set())
+        tokens, next_, prev = self.tokens, self.next, self.prev
+        found = self.positions.pop((a, b), set())
         made: set[tuple[int, int]] = set()
         # Occurrences overlap only when a == b ("a a a" gives "new a"): then go left to right.
         for i in sorted(found) if a == b else found:
@@ -313,28 +313,32 @@ class _LongWord:
             left, k = prev[i], next_[j]
             if left >= 0:  # (x, a) at `left` becomes (x, new)
                 x = tokens[left]
-                self._forget(left, (x, a), freq, pair_counts)
-                pair = (x, new)
-                pair_counts[pair] += freq
-                positions[pair].add(left)
-                made.add(pair)
+                self._move((x, a), left, (x, new), left, freq, pair_counts, made)
             if k >= 0:  # (b, y) at j becomes (new, y) at i
                 y = tokens[k]
-                self._forget(j, (b, y), freq, pair_counts)
-                pair = (new, y)
-                pair_counts[pair] += freq
-                positions[pair].add(i)
-                made.add(pair)
+                self._move((b, y), j, (new, y), i, freq, pair_counts, made)
                 prev[k] = i
             tokens[i], tokens[j] = new, self._GONE
             next_[i] = k
         return made
 
-    def _forget(self, i: int, pair: tuple[int, int], freq: int, pair_counts: dict) -> None:
-        """Take away the occurrence of `pair` at position i."""
-        pair_counts[pair] -= freq
-        where = self.positions.get(pair)
+    def _move(
+        self,
+        old: tuple[int, int],
+        i: int,
+        pair: tuple[int, int],
+        j: int,
+        freq: int,
+        pair_counts: defaultdict[tuple[int, int], int],
+        made: set[tuple[int, int]],
+    ) -> None:
+        """The occurrence of pair `old` at position i becomes one of `pair` at position j."""
+        pair_counts[old] -= freq
+        where = self.positions.get(old)
         if where is not None:  # None for (a, a) itself while it is being merged
             where.discard(i)
             if not where:
-                del self.positions[pair]
+                del self.positions[old]
+        pair_counts[pair] += freq
+        self.positions[pair].add(j)
+        made.add(pair)
