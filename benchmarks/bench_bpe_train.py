@@ -30,7 +30,7 @@ average is recorded). CPU time (user + system of the process tree, start-up incl
 sensitive than wall time to other jobs.
 
     python setup.py build_ext --inplace   # the C core
-    python benchmarks/bench_bpe_train.py [--repeats 3] [--large_mb 300] [--only english ...]
+    python benchmarks/bench_bpe_train.py [--repeats 3] [--large_mb 100] [--only english ...]
 """
 
 from __future__ import annotations
@@ -217,17 +217,16 @@ def long_word(size: int) -> bytes:
     return (letters * (1 + size // len(letters)))[:size].encode()
 
 
-def corpora(args: argparse.Namespace) -> list[dict]:
-    """(name, bytes, vocab size, trainers, repeats) of each benchmark row, as dicts."""
-    stdlib = stdlib_files()
+def corpora(large_mb: int) -> list[dict]:
+    """Each benchmark row: name, data (a function making the bytes), vocab size, trainers, repeats."""
     rows = [
         dict(
             name="stdlib 5 MB",
-            data=lambda: joined(stdlib, 5_000_000),
+            data=lambda: joined(stdlib_files(), 5_000_000),
             vocab_size=10_000,
             trainers=["c", "python", "hf", "python_before"],
         ),
-        dict(name="stdlib 20 MB", data=lambda: joined(stdlib, 20_000_000), vocab_size=10_000),
+        dict(name="stdlib 20 MB", data=lambda: joined(stdlib_files(), 20_000_000), vocab_size=10_000),
         dict(
             name="english 5.3 MB",
             data=lambda: (DATA_DIR / "war_and_peace.txt").read_bytes()
@@ -237,8 +236,8 @@ def corpora(args: argparse.Namespace) -> list[dict]:
             trainers=["c", "python", "hf", "python_before"],
         ),
         dict(
-            name=f"large {args.large_mb} MB",
-            data=lambda: joined(installation_files(), args.large_mb * 1_000_000),
+            name=f"large {large_mb} MB",
+            data=lambda: joined(installation_files(), large_mb * 1_000_000),
             vocab_size=32_000,
             repeats=1,
         ),
@@ -250,11 +249,17 @@ def corpora(args: argparse.Namespace) -> list[dict]:
             repeats=1,
         ),
     ]
-    chosen = [row for row in rows if not args.only or any(row["name"].startswith(o) for o in args.only)]
-    for row in chosen:
+    for row in rows:
         row.setdefault("trainers", ["c", "python", "hf"])
-        row.setdefault("repeats", args.repeats)
-    return chosen
+        row.setdefault("repeats", None)  # None: --repeats
+    return rows
+
+
+def write_corpus(name: str, path: str, large_mb: int) -> None:
+    """Child process: write the corpus of row `name`. Making it here keeps the parent process small,
+    which matters because a child's peak RSS as Linux reports it includes its parent's peak at exec."""
+    row = next(row for row in corpora(large_mb) if row["name"] == name)
+    Path(path).write_bytes(row["data"]())
 
 
 def agreement(ours: list, theirs: list) -> dict:
@@ -268,23 +273,24 @@ def agreement(ours: list, theirs: list) -> dict:
     return {"common_prefix": prefix, "set_overlap_first_n": overlap}
 
 
-def measure(row: dict, workdir: Path) -> dict:
+def measure(row: dict, repeats: int, large_mb: int, workdir: Path) -> dict:
     """Run every trainer of the row `repeats` times, alternating; keep the best time, the largest memory."""
     path = workdir / "corpus.txt"
-    data = row["data"]()
-    path.write_bytes(data)
+    command = [sys.executable, __file__, "--write_corpus", row["name"], str(path), str(large_mb)]
+    subprocess.run(command, check=True)
+    size = path.stat().st_size
     runs: dict[str, list[dict]] = {which: [] for which in row["trainers"]}
-    for _ in range(row["repeats"]):
+    for _ in range(row["repeats"] or repeats):
         for which in runs:
             runs[which].append(run_child(which, path, row["vocab_size"], workdir))
             print(f"  {row['name']}: {which} {runs[which][-1]['seconds']:.2f} s", flush=True)
-    result = {"corpus": row["name"], "bytes": len(data), "vocab_size": row["vocab_size"], "trainers": {}}
+    result = {"corpus": row["name"], "bytes": size, "vocab_size": row["vocab_size"], "trainers": {}}
     for which, results in runs.items():
         best = min(results, key=lambda r: r["seconds"])
         result["trainers"][which] = {
             "seconds": best["seconds"],
             "seconds_all": [r["seconds"] for r in results],
-            "seconds_per_mb": best["seconds"] / (len(data) / 1e6),
+            "seconds_per_mb": best["seconds"] / (size / 1e6),
             "cpu_seconds": min(r["cpu_seconds"] for r in results),
             "peak_rss_mib": max(r["peak_rss_mib"] for r in results),
             "peak_tree_pss_mib": max(r["peak_tree_pss_mib"] for r in results),
@@ -341,20 +347,22 @@ def print_table(results: list[dict]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--large_mb", type=int, default=300)
+    parser.add_argument("--repeats", type=int, default=3, help="runs per trainer (large, long word: one)")
+    parser.add_argument("--large_mb", type=int, default=100)
     parser.add_argument("--only", nargs="+", default=[], help="corpus name prefixes to run (default: all)")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
-    # machine.py imports torch (200 MB): only here, not in the trainers' processes that run this file.
-    from machine import machine_info
-
     load_before = os.getloadavg()  # other work on the machine slows every trainer: record it
     results = []
+    rows = [r for r in corpora(args.large_mb) if not args.only or r["name"].startswith(tuple(args.only))]
     with tempfile.TemporaryDirectory() as tmp:
-        for row in corpora(args):
-            results.append(measure(row, Path(tmp)))
+        for row in rows:
+            results.append(measure(row, args.repeats, args.large_mb, Path(tmp)))
     print_table(results)
+    # machine.py imports torch (200 MB): only now, since a child's reported peak RSS includes the
+    # parent's peak at exec, and this file is also what the trainers' processes run.
+    from machine import machine_info
+
     report = {
         "benchmark": "bpe_train",
         "description": "train_bpe (C core, pure Python) vs tokenizers.BpeTrainer, GPT-2 regex",
@@ -372,5 +380,7 @@ def main() -> None:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         child(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5])
+    elif len(sys.argv) > 1 and sys.argv[1] == "--write_corpus":
+        write_corpus(sys.argv[2], sys.argv[3], int(sys.argv[4]))
     else:
         main()
