@@ -40,7 +40,6 @@ import json
 import os
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import threading
 import time
@@ -48,9 +47,12 @@ import warnings
 from importlib.metadata import version
 from pathlib import Path
 
+from NLM.min_lm.corpus import stdlib_root, stdlib_sources
+from NLM.min_lm.tokenization import END_OF_TEXT
+
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_bpe_train.json"
 DATA_DIR = Path(os.environ.get("MINLM_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-SPECIAL = "<|endoftext|>"
+SPECIAL = END_OF_TEXT
 GPT2_SPLIT_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 COMPARED_MERGES = 1000
 
@@ -197,15 +199,14 @@ def joined(files: list[Path], limit: int) -> bytes:
     return SPECIAL.encode().join(parts)[:limit]
 
 
-def stdlib_files() -> list[Path]:
-    """The standard library's .py files (no site-packages), sorted by path."""
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    return sorted(p for p in stdlib.rglob("*.py") if "site-packages" not in p.parts and p.is_file())
+def stdlib_slice(limit: int) -> bytes:
+    """The standard library's .py files, sorted by path, joined, cut at `limit` bytes."""
+    return joined(stdlib_sources(include_tests=True, seed=None), limit)
 
 
 def installation_files() -> list[Path]:
     """Source and documentation files of this Python installation, stdlib and site-packages, sorted."""
-    root = Path(sysconfig.get_paths()["stdlib"])
+    root = stdlib_root()
     suffixes = {".py", ".pyi", ".rst", ".md", ".txt"}
     return sorted(p for p in root.rglob("*") if p.suffix in suffixes and p.is_file() and not p.is_symlink())
 
@@ -222,11 +223,11 @@ def corpora(large_mb: int) -> list[dict]:
     rows = [
         dict(
             name="stdlib 5 MB",
-            data=lambda: joined(stdlib_files(), 5_000_000),
+            data=lambda: stdlib_slice(5_000_000),
             vocab_size=10_000,
             trainers=["c", "python", "hf", "python_before"],
         ),
-        dict(name="stdlib 20 MB", data=lambda: joined(stdlib_files(), 20_000_000), vocab_size=10_000),
+        dict(name="stdlib 20 MB", data=lambda: stdlib_slice(20_000_000), vocab_size=10_000),
         dict(
             name="english 5.3 MB",
             data=lambda: (DATA_DIR / "war_and_peace.txt").read_bytes()
