@@ -203,8 +203,10 @@ def test_switch_picks_the_path(monkeypatch, tmp_path):
     )
     expected = reference_train_bpe("low lower lowest " * 20, 270, [])
     monkeypatch.delenv(PURE_PYTHON_ENV, raising=False)
+    assert bpe_trainer.merge_loop_in_use() == "compiled (_train_core)"
     assert train_bpe(path, 270, [], num_workers=1) == expected and not ran_python
     monkeypatch.setenv(PURE_PYTHON_ENV, "1")
+    assert bpe_trainer.merge_loop_in_use() == "pure Python"
     assert train_bpe(path, 270, [], num_workers=1) == expected and ran_python == [1]
     assert train_bpe(path, 270, [], num_workers=1, native=True) == expected and ran_python == [1]
     monkeypatch.delenv(PURE_PYTHON_ENV)

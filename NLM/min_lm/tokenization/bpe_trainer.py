@@ -18,6 +18,9 @@ quadratic for one huge word (a megabyte of base64 or DNA with no space in it). W
 `LONG_WORD` bytes are therefore kept as linked lists with an index pair -> positions
 (`_LongWord`), so that a merge costs time in proportion to the pair's occurrences only.
 
+The merge loop has a compiled twin, `_train_core.c`, which keeps every word that way and gives the
+same merges far faster; `native` (or MINLM_PURE_PYTHON=1) picks one, see `native.py`.
+
 Ties between equally frequent pairs go to the lexicographically greater pair of byte strings. The
 heap is a min-heap, so each entry's key is (-count, rev(a), rev(b)) where `rev` turns byte strings
 into strings whose order is the reverse of the bytes' order (see `_descending_key`).
@@ -132,6 +135,11 @@ def _check_arguments(path: Path, vocab_size: int, special_tokens: list[str]) -> 
         )
 
 
+def merge_loop_in_use(native: bool | None = None) -> str:
+    """Which merge loop `train_bpe(..., native=native)` runs, in words for summaries."""
+    return "compiled (_train_core)" if native_module("_train_core", native) else "pure Python"
+
+
 def learn_merges(
     word_counts: dict[str, int], num_merges: int, verbose: bool = False, native: bool | None = None
 ) -> tuple[list[tuple[int, int]], list[bytes]]:
@@ -145,9 +153,8 @@ def learn_merges(
     if core is not None:
         merges = core.learn_merges(word_counts, num_merges, progress.update if verbose else None)
         tokens = [bytes([i]) for i in range(256)]
-        tokens += (b"" for _ in merges)  # filled in order below: each merge only uses earlier tokens
-        for new, (a, b) in enumerate(merges, start=256):
-            tokens[new] = tokens[a] + tokens[b]
+        for a, b in merges:
+            tokens.append(tokens[a] + tokens[b])
     else:
         merges, tokens = _learn_merges_python(word_counts, num_merges, progress)
     progress.close()
