@@ -1,16 +1,17 @@
-"""Build the optional C cores; everything else about the package is in pyproject.toml.
+"""Build the optional C cores of the tokenizer; `pip install -e .` runs this (metadata: pyproject.toml).
 
-Each core is an `optional` extension: where no C compiler works, `pip install` warns and goes on,
-and the package runs its pure-Python reference instead (see NLM/min_lm/tokenization/native.py).
+Each core is an optional extension: where no C compiler exists the build skips it and the
+pure-Python code runs instead (see NLM/min_lm/tokenization/native.py).
 """
 
 from setuptools import Extension, setup
 
 EXTENSIONS = [
     Extension(
-        "NLM.min_lm.tokenization._encode_core",
-        ["NLM/min_lm/tokenization/_encode_core.c"],
-        optional=True,
+        "NLM.min_lm.tokenization._train_core", ["NLM/min_lm/tokenization/_train_core.c"], optional=True
+    ),
+    Extension(
+        "NLM.min_lm.tokenization._encode_core", ["NLM/min_lm/tokenization/_encode_core.c"], optional=True
     ),
 ]
 
