@@ -10,6 +10,7 @@ import sys
 
 from NLM.min_lm.scripts.args import parse_config, run_cli
 from NLM.min_lm.training.config import TrainConfig
+from NLM.min_lm.training.interrupt import stop_requests
 
 
 def run(config: TrainConfig):
@@ -21,7 +22,11 @@ def run(config: TrainConfig):
 
 def main(argv: list[str] | None = None, prog: str = "python -m NLM.min_lm.scripts.train") -> int:
     def body() -> int:
-        run(parse_config(TrainConfig, argv, prog, __doc__))
+        config = parse_config(TrainConfig, argv, prog, __doc__)
+        # From here until the process exits, SIGINT/SIGTERM ask training to stop and save, and are ignored
+        # once it has returned: a signal during the final save or the exit cannot lose the checkpoint.
+        with stop_requests(then_ignore=True):
+            run(config)
         return 0
 
     return run_cli(body)

@@ -225,28 +225,31 @@ class Trainer:
         self.session_start = self.last_log_time = time.perf_counter()
         self.last_log_iteration = self.iteration
         stopped_by = ""
-        try:
-            with stop_requests() as stop, self._progress_bar() as self.bar:
-                while self.iteration < c.max_iters and not stopped_by:
-                    lr = get_lr_cosine_schedule(self.iteration, c.lr_max, c.lr_min, c.warmup_iters,
-                                                c.max_iters)
-                    loss = self.train_step(lr)
-                    self.iteration += 1
-                    self.bar.update()
-                    last = self.iteration == c.max_iters
-                    if self.iteration % c.log_interval == 0 or last:
-                        self.log_training(loss, lr)
-                    if self.iteration % c.eval_interval == 0 or last:
-                        self.validate()
-                    if self.iteration % c.checkpoint_interval == 0 or last:
-                        self.checkpoint()
-                    stopped_by = self._agreed_stop(stop)
-            if stopped_by and self.saved_iteration != self.iteration:
-                self.checkpoint()
-        finally:
-            if self.wandb_run is not None:
-                self.wandb_run.finish()
-        return self._finish(stopped_by)
+        # Signals stay routed to `stop` until the very end: a second Ctrl-C during the final save must
+        # not interrupt it (it would leave no checkpoint at all).
+        with stop_requests() as stop:
+            try:
+                with self._progress_bar() as self.bar:
+                    while self.iteration < c.max_iters and not stopped_by:
+                        lr = get_lr_cosine_schedule(self.iteration, c.lr_max, c.lr_min, c.warmup_iters,
+                                                    c.max_iters)
+                        loss = self.train_step(lr)
+                        self.iteration += 1
+                        self.bar.update()
+                        last = self.iteration == c.max_iters
+                        if self.iteration % c.log_interval == 0 or last:
+                            self.log_training(loss, lr)
+                        if self.iteration % c.eval_interval == 0 or last:
+                            self.validate()
+                        if self.iteration % c.checkpoint_interval == 0 or last:
+                            self.checkpoint()
+                        stopped_by = self._agreed_stop(stop)
+                if stopped_by and self.saved_iteration != self.iteration:
+                    self.checkpoint()
+            finally:
+                if self.wandb_run is not None:
+                    self.wandb_run.finish()
+            return self._finish(stopped_by)
 
     def log_training(self, loss: float, lr: float) -> None:
         now = time.perf_counter()
