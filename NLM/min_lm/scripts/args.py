@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 from NLM.min_lm.errors import UserError
+from NLM.min_lm.fileio import describe_os_error
 
 C = TypeVar("C")
 
@@ -160,8 +161,11 @@ def run_cli(fn: Callable[[], object]) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
-        print(f"error: {e.filename}: {e.strerror}", file=sys.stderr)
+    except OSError as e:  # any operating-system failure the library did not explain itself
+        if e.filename is not None:
+            print(f"error: {describe_os_error(e.filename, e, 'use')}", file=sys.stderr)
+        else:
+            print(f"error: {e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

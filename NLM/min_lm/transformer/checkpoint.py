@@ -104,8 +104,10 @@ def save_checkpoint(
         "rng": _rng_states(),
         **extra,
     }
-    with atomic_path(out) as tmp:
-        torch.save(checkpoint, tmp)
+    # through a Python file object, so a full disk raises OSError(ENOSPC) rather than torch's opaque
+    # "unexpected pos" RuntimeError, and atomic_path can name the cause
+    with atomic_path(out) as tmp, open(tmp, "wb") as f:
+        torch.save(checkpoint, f)
 
 
 def read_checkpoint(src: str | os.PathLike) -> dict[str, Any]:
