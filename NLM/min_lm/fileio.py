@@ -124,17 +124,28 @@ def make_dirs(directory: str | os.PathLike, flag: str = "") -> Path:
 def check_output_dir(directory: str | os.PathLike, flag: str = "") -> Path:
     """Fail now, not after the work, if files cannot be written into `directory`.
 
-    Creates the directory (as writing would) and a probe file in it, then removes the probe.
+    Nothing is created: a probe file is made (and removed) in `directory` or, if it does not exist yet,
+    in its nearest existing ancestor, where creating it would happen.
     """
-    directory = make_dirs(directory, flag)
-    probe = temp_path(directory / "probe")
+    directory = Path(directory)
+    prefix = f"{flag} " if flag else ""
+    blocker = directory if directory.exists() and not directory.is_dir() else _blocking_file(directory)
+    if blocker is not None:
+        raise UserError(f"{prefix}cannot write into {directory}: {blocker} is a file, not a directory")
+    existing = next(p for p in (directory, *directory.parents) if p.exists() or p == Path(p.anchor))
+    probe = temp_path(existing / "probe")
     try:
-        probe.touch()
+        probe.touch(exist_ok=False)
         probe.unlink()
     except OSError as e:
-        prefix = f"{flag} " if flag else ""
         raise UserError(prefix + describe_os_error(directory, e, "write into")) from None
     return directory
+
+
+def missing_dirs(directory: str | os.PathLike) -> list[Path]:
+    """The directories that creating `directory` would create, deepest first (to undo it)."""
+    directory = Path(directory).absolute()
+    return [p for p in (directory, *directory.parents) if not p.exists()]
 
 
 def check_output_file(path: str | os.PathLike, flag: str = "") -> Path:
@@ -208,3 +219,56 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write `text` (UTF-8) to `path` atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+# ------------------------------------------------------------------------------------------------
+# One writer per directory
+# ------------------------------------------------------------------------------------------------
+
+LOCK_NAME = ".minlm.lock"
+
+
+@contextlib.contextmanager
+def directory_lock(directory: str | os.PathLike, flag: str = "") -> Iterator[None]:
+    """Hold an exclusive lock on `directory` for the block; while one process holds it, another fails at
+    once with a UserError naming the holder's process id.
+
+    The lock is an advisory `flock` on `<directory>/.minlm.lock`, which holds the owner's pid. The
+    operating system drops it when the owner dies, even by SIGKILL, so it never goes stale. The file is
+    removed on release; a process that locked a file just removed this way notices (the path no longer
+    leads to what it locked) and tries again. Where `fcntl` is missing (Windows) the block runs unlocked.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    directory = make_dirs(directory, flag)
+    path = directory / LOCK_NAME
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise UserError(describe_os_error(path, e, "create the lock file")) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise UserError(f"{flag + ' ' if flag else ''}{directory} is in use by another run (process "
+                            f"{holder}); wait for it to finish or choose another directory") from None
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # it was released and removed between our open and our lock: try again
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        os.close(fd)

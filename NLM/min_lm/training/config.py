@@ -71,6 +71,8 @@ class TrainConfig:
                                                                        "goes beside it as <stem>_best.pt"))
     checkpoint_interval: int = field(default=250, metadata=arg("iterations between checkpoints"))
     resume: bool = field(default=False, metadata=arg("continue exactly from --checkpoint_path"))
+    overwrite: bool = field(default=False, metadata=arg("let a fresh run replace an earlier run's "
+                                                        "checkpoints and metrics in the same place"))
     init_from: str | None = field(default=None, metadata=arg("start from this checkpoint's weights only "
                                                              "(fine-tuning, e.g. after minlm import-hf)"))
     # machine
@@ -114,6 +116,9 @@ class TrainConfig:
             raise UserError(f"--attn_impl must be one of {', '.join(ATTN_IMPLS)}, got {self.attn_impl!r}")
         if self.dtype not in DTYPES:
             raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.resume and self.overwrite:
+            raise UserError("--resume and --overwrite exclude each other: resume continues the earlier run, "
+                            "overwrite replaces it")
         if self.resume and self.init_from is not None:
             raise UserError("--resume and --init_from exclude each other: resume continues a run, "
                             "init_from starts a new one from given weights")

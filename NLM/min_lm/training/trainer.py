@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from NLM.min_lm.distributed import (
     wrap_model,
 )
 from NLM.min_lm.errors import UserError
+from NLM.min_lm.fileio import check_output_dir, check_output_file, directory_lock, missing_dirs
 from NLM.min_lm.training.config import TrainConfig
 from NLM.min_lm.training.data import BatchSampler, open_tokens, validation_starts, windows
 from NLM.min_lm.training.interrupt import StopRequest, stop_requests
@@ -63,13 +64,44 @@ def train(config: TrainConfig) -> TrainResult:
     """Train a TransformerLM as `config` says. The body of `minlm train`, callable from Python."""
     ctx, device = setup_distributed(config.device)
     try:
-        return Trainer(config, ctx, device).run()
+        with claim_outputs(config) if ctx.is_main else contextlib.nullcontext():
+            return Trainer(config, ctx, device).run()
     except UserError as e:
         if ctx.enabled:  # under torchrun every rank prints its own error: say whose it is
             e.args = (f"[rank {ctx.rank}] {e}",)
         raise
     finally:
         teardown(ctx)
+
+
+@contextlib.contextmanager
+def claim_outputs(config: TrainConfig) -> Iterator[None]:
+    """Make sure the run's outputs can be written and are this run's alone, before any work is done.
+
+    The checkpoint's directory (and the run directory, if elsewhere) must take files, and no other run may
+    be using them: a second run on the same checkpoint would silently lose one run's checkpoints and
+    interleave two histories in metrics.jsonl. A fresh run does not replace an earlier run's files
+    (its *_best.pt may be better than anything this run will reach) unless asked to with --overwrite.
+    """
+    checkpoint = check_output_file(config.checkpoint_path, "--checkpoint_path")
+    run_path = check_output_dir(config.run_path, "--run_dir")
+    flags = {checkpoint.parent.resolve(): "--checkpoint_path", run_path.resolve(): "--run_dir"}
+    created = missing_dirs(checkpoint.parent) + missing_dirs(run_path)
+    try:
+        with contextlib.ExitStack() as locks:
+            for directory in sorted(flags):
+                locks.enter_context(directory_lock(directory, flags[directory]))
+            earlier = [p for p in (checkpoint, config.best_checkpoint_path, run_path / "metrics.jsonl")
+                       if p.exists()]
+            if earlier and not config.resume and not config.overwrite:
+                raise UserError(f"{', '.join(map(str, earlier))}: an earlier run is there; --resume continues "
+                                f"it, --overwrite replaces it (or choose another --checkpoint_path)")
+            yield
+    except BaseException:
+        for directory in sorted(set(created), key=lambda p: len(p.parts), reverse=True):
+            with contextlib.suppress(OSError):  # only if still empty: a failed run leaves nothing behind
+                directory.rmdir()
+        raise
 
 
 class Trainer:
@@ -307,12 +339,10 @@ class Trainer:
         return self.elapsed_before + time.perf_counter() - self.session_start
 
     def _open_metrics(self) -> MetricsLog | None:
-        """metrics.jsonl on process 0; a fresh run warns before it replaces an earlier run's files."""
+        """metrics.jsonl on process 0 (a fresh run replaces an earlier one only with --overwrite)."""
         c = self.config
         if not self.ctx.is_main:
             return None
-        if not c.resume and Path(c.checkpoint_path).exists():
-            self._say(f"note: replacing the earlier run in {c.checkpoint_path} (--resume would continue it)")
         return MetricsLog(c.run_path / "metrics.jsonl", resume_from=self.iteration if c.resume else None,
                           wandb_run=self.wandb_run)
 
