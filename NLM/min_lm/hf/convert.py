@@ -28,6 +28,7 @@ from NLM.min_lm.hf.tokenizer_json import byte_level_bpe_from_tokenizer_json, tok
 from NLM.min_lm.tokenization import BPETokenizer
 from NLM.min_lm.transformer import ModelConfig, TransformerLM, save_checkpoint
 from NLM.min_lm.transformer.checkpoint import clean_state_dict, read_checkpoint
+from NLM.min_lm.transformer.checkpoint_schema import model_config_from_dict
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -71,7 +72,7 @@ def _read_min_lm_checkpoint(path: str | os.PathLike) -> tuple[ModelConfig, dict[
     checkpoint = read_checkpoint(path)
     if not checkpoint.get("model_config"):
         raise UserError(f"checkpoint {path} has no model_config; it was not saved from a TransformerLM")
-    config = ModelConfig(**checkpoint["model_config"])
+    config = model_config_from_dict(checkpoint["model_config"], path)
     state = clean_state_dict(checkpoint["model"])
     _model_with_weights(config, state, f"checkpoint {path}")
     return config, state

@@ -51,6 +51,7 @@ from NLM.min_lm.transformer import (
     save_checkpoint,
 )
 from NLM.min_lm.transformer.checkpoint import load_model_state, read_checkpoint, restore_checkpoint
+from NLM.min_lm.transformer.checkpoint_schema import TRAINING_STATE_KEYS
 
 # the model's shape: a checkpoint can only be resumed by a run that builds the same one
 _SHAPE_FIELDS = ("vocab_size", "context_length", "d_model", "num_layers", "num_heads", "d_ff")
@@ -233,8 +234,11 @@ class Trainer:
         if not path.is_file():
             raise UserError(f"--resume: no checkpoint at {path} (--checkpoint_path)")
         saved = read_checkpoint(path)
-        if "sampler_state" not in saved:
-            raise UserError(f"--resume: {path} holds no training state (was it written by minlm train?)")
+        missing = [key for key in TRAINING_STATE_KEYS if key not in saved]
+        if missing or saved.get("optimizer") is None or not saved.get("model_config"):
+            raise UserError(f"--resume: {path} holds no complete training state (it lacks "
+                            f"{', '.join(missing) or 'optimizer or model_config'}; was it written by minlm "
+                            "train?)")
         self._check_shape(saved, path, "--resume")
         self.iteration = restore_checkpoint(saved, self.model, self.optimizer, path)
         if self.iteration >= self.config.max_iters:

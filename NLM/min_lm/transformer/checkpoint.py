@@ -28,7 +28,8 @@ from torch import nn
 
 from ..errors import UserError
 from ..fileio import atomic_path
-from .model import ModelConfig, TransformerLM
+from .checkpoint_schema import model_config_from_dict, validate_checkpoint
+from .model import TransformerLM
 
 RESERVED_KEYS = ("model", "optimizer", "iteration", "model_config", "rng")
 WRAPPER_PREFIXES = ("_orig_mod.", "module.")  # torch.compile and DistributedDataParallel
@@ -111,7 +112,8 @@ def save_checkpoint(
 
 
 def read_checkpoint(src: str | os.PathLike) -> dict[str, Any]:
-    """Load a checkpoint dict on the CPU; a missing, truncated or foreign file raises UserError naming it."""
+    """Load a checkpoint dict on the CPU; a missing, truncated, foreign or malformed file (see
+    checkpoint_schema.py) raises UserError naming it."""
     if not os.path.isfile(src):
         raise UserError(f"checkpoint {src} does not exist")
     try:
@@ -124,8 +126,7 @@ def read_checkpoint(src: str | os.PathLike) -> dict[str, Any]:
             f"checkpoint {src} is truncated or not a min_lm checkpoint "
             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
         ) from e
-    if not isinstance(checkpoint, dict) or "model" not in checkpoint or "iteration" not in checkpoint:
-        raise UserError(f"checkpoint {src} is not a min_lm checkpoint (no 'model' / 'iteration' entries)")
+    validate_checkpoint(checkpoint, src)
     return checkpoint
 
 
@@ -175,7 +176,7 @@ def load_model(
     checkpoint = read_checkpoint(path)
     if not checkpoint.get("model_config"):
         raise UserError(f"checkpoint {path} has no model_config; it was not saved from a TransformerLM")
-    config = ModelConfig(**checkpoint["model_config"])
+    config = model_config_from_dict(checkpoint["model_config"], path)
     state = clean_state_dict(checkpoint["model"])
     stored = state.get("token_embeddings.weight")
     dtype = dtype or (stored.dtype if stored is not None else torch.float32)
