@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from NLM.min_lm.errors import UserError
-from NLM.min_lm.scripts.args import arg
+from NLM.min_lm.scripts.args import arg, check_fields
 
 ATTN_IMPLS = ("sdpa", "reference")
 DTYPES = ("float32", "bfloat16")
@@ -61,7 +61,7 @@ class TrainConfig:
     eval_iters: int = field(default=10, metadata=arg("validation batches per pass "
                                                              "(the same ones every time)"))
     log_interval: int = field(default=10, metadata=arg("iterations between training-loss log lines"))
-    seed: int = field(default=0, metadata=arg("seed for initialisation and batch sampling"))
+    seed: int = field(default=0, metadata=arg("seed for initialisation and batch sampling", low=0))
     run_dir: str | None = field(default=None, metadata=arg("where metrics.jsonl and loss.png go "
                                                            "(default: the checkpoint's directory)"))
     wandb_project: str | None = field(default=None, metadata=arg("also log to this Weights & Biases project"))
@@ -89,6 +89,7 @@ class TrainConfig:
         self._validate()
 
     def _validate(self) -> None:
+        check_fields(self)  # types, finiteness, 64-bit ints, declared ranges: for Python callers too
         positive = ("vocab_size", "context_length", "batch_size", "d_model", "num_layers", "num_heads",
                     "d_ff", "grad_accum_steps", "max_iters", "eval_interval", "eval_iters", "log_interval",
                     "checkpoint_interval")
