@@ -147,12 +147,16 @@ def _rope_theta(hf: dict[str, Any], source: str) -> float:
     """RoPE's base from either config generation, refusing any scaling (ours has none)."""
     params = hf.get("rope_parameters") or {}
     scaling = hf.get("rope_scaling")
+    if not isinstance(params, dict) or not isinstance(scaling or {}, dict):
+        raise UserError(f"{source}: rope_parameters and rope_scaling must be JSON objects")
     rope_type = params.get("rope_type") or (scaling or {}).get("rope_type") or (scaling or {}).get("type")
     if rope_type not in (None, "default"):
         raise UserError(f"{source}: rope scaling {rope_type!r} does not fit (min_lm's RoPE has no scaling)")
     if scaling and not rope_type:
         raise UserError(f"{source}: rope_scaling {scaling!r} does not fit (min_lm's RoPE has no scaling)")
     theta = params.get("rope_theta", hf.get("rope_theta", 10000.0))
+    if isinstance(theta, bool) or not isinstance(theta, (int, float)):
+        raise UserError(f"{source}: rope_theta must be a number, got {theta!r}")
     return float(theta)
 
 
@@ -171,21 +175,31 @@ def from_llama_config(hf: dict[str, Any], source: str) -> tuple[ModelConfig, boo
         if value != wanted:
             raise UserError(f"{source}: {field} is {value!r}; min_lm needs {wanted!r}")
 
+    def number(field: str, kind: type, default: Any = None) -> Any:
+        """A field that must be a JSON number of `kind` (an int for sizes; a bool or "12" is not one)."""
+        if field not in hf and default is None:
+            raise UserError(f"{source}: missing field {field!r}")
+        value = hf.get(field, default)
+        if isinstance(value, bool) or not isinstance(value, int if kind is int else (int, float)):
+            raise UserError(f"{source}: {field} must be {'an integer' if kind is int else 'a number'}, "
+                            f"got {value!r}")
+        return value
+
+    heads = number("num_attention_heads", int)
+    d_model = number("hidden_size", int)
     try:
-        heads = int(hf["num_attention_heads"])
-        d_model = int(hf["hidden_size"])
         config = ModelConfig(
-            vocab_size=int(hf["vocab_size"]),
-            context_length=int(hf["max_position_embeddings"]),
+            vocab_size=number("vocab_size", int),
+            context_length=number("max_position_embeddings", int),
             d_model=d_model,
-            num_layers=int(hf["num_hidden_layers"]),
+            num_layers=number("num_hidden_layers", int),
             num_heads=heads,
-            d_ff=int(hf["intermediate_size"]),
+            d_ff=number("intermediate_size", int),
             rope_theta=_rope_theta(hf, source),
-            norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+            norm_eps=number("rms_norm_eps", float, 1e-6),
         )
-    except KeyError as e:
-        raise UserError(f"{source}: missing field {e.args[0]!r}") from None
+    except ValueError as e:  # a value no model can have: 0 heads, heads that do not divide, negative sizes
+        raise UserError(f"{source}: {e} (in Hugging Face terms: hidden_size, num_attention_heads, ...)") from None
     expect("num_key_value_heads", heads, heads)  # grouped-query attention does not fit
     expect("head_dim", d_model // heads, d_model // heads)
     expect("hidden_act", "silu", "silu")
