@@ -1,4 +1,5 @@
 """Crash-safe file writing: every output is written to a temporary name and renamed into place.
+(And the one way text inputs are read: `read_utf8`.)
 
 A rename within one directory is atomic on POSIX and Windows, so a reader (or a user after Ctrl-C)
 sees either the old file or the complete new one, never a half-written file.
@@ -17,6 +18,7 @@ Three more promises live here, so that every command keeps them the same way:
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import errno
 import os
@@ -42,7 +44,7 @@ def _current_umask() -> int:
 
 
 def temp_path(path: str | os.PathLike, suffix: str = "") -> Path:
-    """A fresh hidden name beside `path` that says which process writes it: `.<name>.<pid>.<hex><suffix>.tmp`."""
+    """A fresh hidden name beside `path` that names its writer: `.<name>.<pid>.<hex><suffix>.tmp`."""
     path = Path(path)
     return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{suffix}.tmp")
 
@@ -188,10 +190,13 @@ def atomic_paths(*paths: str | os.PathLike, suffix: str = "") -> Iterator[list[P
             os.chmod(tmp, mode)
         for tmp, target in zip(temps, targets, strict=True):
             os.replace(tmp, target)
-    except OSError as e:
+    except Exception as raised:
         _remove(temps)
+        e = _os_error_behind(raised)
+        if e is None:
+            raise
         ours = {str(p): target for target in targets for p in (target, target.parent)}
-        ours |= {str(tmp): target for tmp, target in zip(temps, targets)}
+        ours |= {str(tmp): target for tmp, target in zip(temps, targets[: len(temps)], strict=True)}
         if e.filename is None:  # a write through a file object: the error does not say which file
             raise UserError(describe_os_error(" / ".join(map(str, targets)), e)) from None
         if str(e.filename) in ours:
@@ -200,6 +205,17 @@ def atomic_paths(*paths: str | os.PathLike, suffix: str = "") -> Iterator[list[P
     except BaseException:
         _remove(temps)
         raise
+
+
+def _os_error_behind(error: BaseException) -> OSError | None:
+    """The OSError that caused `error`, if any: a writer may wrap it (torch.save, failing to write, raises
+    an opaque RuntimeError "unexpected pos ..." while handling the OSError of the full disk)."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, OSError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _remove(temps: list[Path]) -> None:
@@ -272,3 +288,32 @@ def directory_lock(directory: str | os.PathLike, flag: str = "") -> Iterator[Non
         with contextlib.suppress(OSError):
             os.unlink(path)
         os.close(fd)
+
+
+# ------------------------------------------------------------------------------------------------
+# Reading text
+# ------------------------------------------------------------------------------------------------
+
+
+def read_utf8(path: str | os.PathLike, block_bytes: int = 1 << 20) -> Iterator[str]:
+    """Yield the text of a UTF-8 file in pieces (newlines kept as they are), in bounded memory.
+
+    The one policy for text inputs of every command (train-tokenizer, tokenize): invalid UTF-8 is an
+    error naming the file and the byte offset, never silently replaced.
+    """
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    with open(path, "rb") as f:
+        while True:
+            data = f.read(block_bytes)
+            held_back = len(decoder.getstate()[0])  # bytes of a character split by the last read
+            try:
+                text = decoder.decode(data, final=not data)
+            except UnicodeDecodeError as e:
+                position = offset - held_back + e.start
+                raise UserError(f"{path}: not UTF-8 text (invalid byte at offset {position})") from None
+            if text:
+                yield text
+            if not data:
+                return
+            offset += len(data)

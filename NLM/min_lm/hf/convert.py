@@ -22,7 +22,14 @@ from typing import Any
 import torch
 
 from NLM.min_lm.errors import UserError
-from NLM.min_lm.fileio import check_output_dir, describe_os_error, make_dirs, remove_stale_temps, temp_path
+from NLM.min_lm.fileio import (
+    check_output_dir,
+    check_output_file,
+    describe_os_error,
+    make_dirs,
+    remove_stale_temps,
+    temp_path,
+)
 from NLM.min_lm.hf.llama import from_llama_config, from_llama_weights, to_llama_config, to_llama_weights
 from NLM.min_lm.hf.tokenizer_json import byte_level_bpe_from_tokenizer_json, tokenizer_json
 from NLM.min_lm.tokenization import BPETokenizer
@@ -140,8 +147,8 @@ def _check_target(out: Path, inputs: list[Path], force: bool) -> None:
     foreign = [name for name in entries if name not in EXPORT_FILES]
     if foreign or "config.json" not in entries:
         example = foreign[0] if foreign else "no config.json"
-        raise UserError(f"--out {out} does not look like an earlier export ({example}); --force replaces only "
-                        "a directory written by export, so choose another --out or empty it yourself")
+        raise UserError(f"--out {out} does not look like an earlier export ({example}); --force replaces "
+                        "only a directory written by export, so choose another --out or empty it yourself")
 
 
 def _move_into_place(built: Path, out: Path) -> None:
@@ -194,7 +201,8 @@ def export_hf(
     weights = to_llama_weights(state, config)
     weight_dtype = next(iter(weights.values())).dtype
 
-    target = make_dirs(out.resolve().parent, "--out") / out.resolve().name  # `--out .` has no name of its own
+    # resolved: `--out .` has no name of its own
+    target = make_dirs(out.resolve().parent, "--out") / out.resolve().name
     # A hidden, unique name beside the target (same file system, so the final rename is atomic). Not
     # mkdtemp: its directories are private (0700), and the result should get the usual permissions.
     remove_stale_temps(target)
@@ -314,6 +322,10 @@ def import_hf(
     hf_dir = Path(hf_dir)
     if (vocab_path is None) != (merges_path is None):
         raise UserError("give both --vocab_path and --merges_path to import the tokenizer, or neither")
+    check_output_file(out, "--out")
+    for path, flag in ((vocab_path, "--vocab_path"), (merges_path, "--merges_path")):
+        if path is not None:
+            check_output_file(path, flag)
     config_path = hf_dir / "config.json"
     config, tied = from_llama_config(_read_json(config_path), str(config_path))
     state = from_llama_weights(_read_weights(hf_dir), config, tied, str(hf_dir))

@@ -199,7 +199,8 @@ def from_llama_config(hf: dict[str, Any], source: str) -> tuple[ModelConfig, boo
             norm_eps=number("rms_norm_eps", float, 1e-6),
         )
     except ValueError as e:  # a value no model can have: 0 heads, heads that do not divide, negative sizes
-        raise UserError(f"{source}: {e} (in Hugging Face terms: hidden_size, num_attention_heads, ...)") from None
+        raise UserError(f"{source}: {e} (in Hugging Face terms: hidden_size, num_attention_heads, ...)"
+                        ) from None
     expect("num_key_value_heads", heads, heads)  # grouped-query attention does not fit
     expect("head_dim", d_model // heads, d_model // heads)
     expect("hidden_act", "silu", "silu")

@@ -63,6 +63,8 @@ def check_value(name: str, value: Any, tp: Any, meta: Mapping[str, Any] | None =
         if not isinstance(value, (list, tuple)):
             raise UserError(f"{flag} must be a list, got {value!r}")
         item_types = typing.get_args(tp) or (Any,)
+        if origin is tuple and Ellipsis not in item_types and len(value) != len(item_types):
+            raise UserError(f"{flag} must be {len(item_types)} values, got {value!r}")
         for i, item in enumerate(value):
             item_type = item_types[0] if origin is not tuple else item_types[min(i, len(item_types) - 1)]
             check_value(name, item, item_type, meta)

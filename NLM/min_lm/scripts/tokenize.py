@@ -15,7 +15,6 @@ interrupted run leaves no partial output.
 
 from __future__ import annotations
 
-import codecs
 import multiprocessing
 import multiprocessing.pool
 import shutil
@@ -31,7 +30,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from NLM.min_lm.errors import UserError
-from NLM.min_lm.fileio import atomic_path
+from NLM.min_lm.fileio import atomic_path, check_output_file, read_utf8
 from NLM.min_lm.scripts.args import arg, parse_config, run_cli
 from NLM.min_lm.tokenization.tokenizer import BPETokenizer
 
@@ -74,6 +73,8 @@ def run(config: TokenizeConfig) -> list[TokenizeResult]:
     outputs = [Path(config.output_dir) / f"{path.stem}.npy" for path in inputs]
     if len(set(outputs)) < len(outputs):
         raise UserError("--inputs: two inputs have the same file name stem, so their outputs would collide")
+    for output in outputs:  # before any work: the outputs can be written
+        check_output_file(output, "--output_dir")
     try:
         tokenizer = BPETokenizer.from_files(config.vocab_path, config.merges_path, config.special_tokens)
     except UserError:
@@ -109,7 +110,7 @@ def _encode_file(
     """Encode one file, appending ids to a temporary raw file, then write the .npy atomically."""
     start = time.perf_counter()
     num_bytes = input_path.stat().st_size
-    blocks = tokenizer.split_for_encoding(_read_text(input_path), BLOCK_CHARS)
+    blocks = tokenizer.split_for_encoding(read_utf8(input_path, READ_BYTES), BLOCK_CHARS)
     bar = tqdm(total=num_bytes, unit="B", unit_scale=True, desc=input_path.name, disable=not config.progress)
     output_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryFile(dir=output_path.parent) as raw, bar:
@@ -167,26 +168,6 @@ def _init_worker(tokenizer: BPETokenizer, dtype: np.dtype) -> None:
 
 def _encode_block(block: str) -> tuple[np.ndarray, int]:
     return _encode_block_with(_worker_state["tokenizer"], _worker_state["dtype"], block)
-
-
-def _read_text(path: Path) -> Iterator[str]:
-    """Yield the file's text in pieces, decoding UTF-8 across read boundaries (newlines kept as is)."""
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    offset = 0
-    with open(path, "rb") as f:
-        while True:
-            data = f.read(READ_BYTES)
-            held_back = len(decoder.getstate()[0])  # bytes of a character split by the last read
-            try:
-                text = decoder.decode(data, final=not data)
-            except UnicodeDecodeError as e:
-                position = offset - held_back + e.start
-                raise UserError(f"{path}: not UTF-8 text (invalid byte at offset {position})") from None
-            if text:
-                yield text
-            if not data:
-                return
-            offset += len(data)
 
 
 def _print_summary(results: list[TokenizeResult]) -> None:

@@ -13,8 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from NLM.min_lm.errors import UserError
+from NLM.min_lm.fileio import check_output_file, read_utf8
 from NLM.min_lm.scripts.args import arg, parse_config, run_cli
 from NLM.min_lm.tokenization import BPETokenizer, train_bpe
+
+LONGEST_SHOWN = 60  # characters of the longest token printed (it can be megabytes of spaces)
 
 
 @dataclass
@@ -37,10 +40,13 @@ def run(config: TrainTokenizerConfig) -> tuple[Path, Path]:
     if config.num_workers is not None and config.num_workers < 1:
         raise UserError(f"--num_workers must be at least 1, got {config.num_workers}")
     output_dir = Path(config.output_dir)
-    if output_dir.exists() and not output_dir.is_dir():
-        raise UserError(f"--output_dir {output_dir} exists and is not a directory")
     stem = Path(config.input).stem
     vocab_path, merges_path = output_dir / f"{stem}_vocab.json", output_dir / f"{stem}_merges.txt"
+    for path in (vocab_path, merges_path):  # before minutes of training, not after
+        check_output_file(path, "--output_dir")
+    if Path(config.input).is_file():
+        for _ in read_utf8(config.input):  # the same UTF-8 policy as tokenize: refuse, naming the offset
+            pass
 
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
@@ -60,7 +66,9 @@ def run(config: TrainTokenizerConfig) -> tuple[Path, Path]:
     specials = {token.encode("utf-8") for token in config.special_tokens}
     longest = max((token for token in vocab.values() if token not in specials), key=len)
     print(f"trained in {seconds:.1f} s: {len(vocab)} tokens ({len(merges)} merges)")
-    print(f"longest token: {longest.decode('utf-8', errors='replace')!r} ({len(longest)} bytes)")
+    shown = longest.decode("utf-8", errors="replace")
+    shown = repr(shown) if len(shown) <= LONGEST_SHOWN else f"{shown[:LONGEST_SHOWN]!r}..."
+    print(f"longest token: {shown} ({len(longest)} bytes)")
     print(f"wrote {vocab_path} and {merges_path}")
     return vocab_path, merges_path
 

@@ -95,8 +95,8 @@ def claim_outputs(config: TrainConfig) -> Iterator[None]:
             earlier = [p for p in (checkpoint, config.best_checkpoint_path, run_path / "metrics.jsonl")
                        if p.exists()]
             if earlier and not config.resume and not config.overwrite:
-                raise UserError(f"{', '.join(map(str, earlier))}: an earlier run is there; --resume continues "
-                                f"it, --overwrite replaces it (or choose another --checkpoint_path)")
+                raise UserError(f"{', '.join(map(str, earlier))}: an earlier run is there; --resume "
+                                "continues it, --overwrite replaces it (or choose another --checkpoint_path)")
             yield
     except BaseException:
         for directory in sorted(set(created), key=lambda p: len(p.parts), reverse=True):

@@ -105,8 +105,8 @@ def save_checkpoint(
         "rng": _rng_states(),
         **extra,
     }
-    # through a Python file object, so a full disk raises OSError(ENOSPC) rather than torch's opaque
-    # "unexpected pos" RuntimeError, and atomic_path can name the cause
+    # through a Python file object, so that a full disk raises OSError(ENOSPC) in Python (where torch's own
+    # writer says only "unexpected pos"), which atomic_path reports with the path
     with atomic_path(out) as tmp, open(tmp, "wb") as f:
         torch.save(checkpoint, f)
 
