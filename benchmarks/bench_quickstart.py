@@ -1,6 +1,6 @@
 """Time the main job, `minlm quickstart` with its defaults, and record its losses.
 
-The issue's bar: it finishes in at most 10 minutes on 2 CPU cores, and its validation loss ends well
+The bar: it finishes in at most 10 minutes on 2 CPU cores, and its validation loss ends well
 below the unigram entropy of the corpus (the best loss a model that ignores context can reach). The run
 goes to a temporary directory; its summary, the wall time and the machine go to
 benchmarks/results/bench_quickstart.json.
@@ -19,7 +19,8 @@ from pathlib import Path
 
 from machine import machine_info
 
-from NLM.min_lm.scripts.quickstart import QuickstartConfig, run
+from NLM.min_lm.quickstart.config import QuickstartConfig
+from NLM.min_lm.quickstart.pipeline import run_quickstart
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -30,7 +31,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        summary = run(QuickstartConfig(out_dir=tmp, tiny=args.tiny, device="cpu", progress=False))
+        summary = run_quickstart(QuickstartConfig(out_dir=tmp, tiny=args.tiny, device="cpu", progress=False))
         wall = time.perf_counter() - start
     rows = [("wall time, whole pipeline", f"{wall / 60:.1f} min"),
             ("best validation loss", f"{summary['best_val_loss']:.3f} nats/token"),

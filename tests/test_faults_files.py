@@ -78,7 +78,8 @@ def test_a_failing_write_names_the_output_and_keeps_the_old_one(tmp_path, monkey
     save_checkpoint(model, None, 1, path)
     before = path.read_bytes()
     _inject(monkeypatch, error)
-    for write in (lambda: save_checkpoint(model, None, 2, path), lambda: atomic_write_text(path, "x" * 10**6)):
+    writes = (lambda: save_checkpoint(model, None, 2, path), lambda: atomic_write_text(path, "x" * 10**6))
+    for write in writes:
         with pytest.raises(UserError, match=f"cannot write {path}: .*{cause}"):
             write()
         assert path.read_bytes() == before and no_temp_files(tmp_path)
@@ -131,8 +132,8 @@ def test_tokenize_import_and_export_outputs_through_a_file(tmp_path, capsys):
     tok = _tokenizer()
     tok.save(tmp_path / "v.json", tmp_path / "m.txt")
     (tmp_path / "in.txt").write_text(TEXT)
-    proc = run_module("tokenize", "--inputs", str(tmp_path / "in.txt"), "--vocab_path", str(tmp_path / "v.json"),
-                      "--merges_path", str(tmp_path / "m.txt"), "--output_dir", str(tmp_path / "blocker/sub"))
+    proc = run_module("tokenize", "--inputs", str(tmp_path / "in.txt"),
+                      "--vocab_path", str(tmp_path / "v.json"), "--merges_path", str(tmp_path / "m.txt"), "--output_dir", str(tmp_path / "blocker/sub"))
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "blocker is a file" in proc.stderr
     proc = run_module("import_hf", str(tmp_path), "--out", ".", cwd=tmp_path)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "is a directory" in proc.stderr
@@ -187,9 +188,9 @@ def test_stale_temp_files_of_dead_writers_are_removed(tmp_path):
 def test_sigkill_during_a_save_leaves_a_temp_file_that_the_next_run_removes(tmp_path, flags):
     run_dir = tmp_path / "run"
     code = ("import os, signal, torch; from NLM.min_lm import fileio\n"
-            "with fileio.atomic_path(%r) as tmp:\n"
+            f"with fileio.atomic_path({str(run_dir / 'model.pt')!r}) as tmp:\n"
             "    open(tmp, 'wb').write(b'half a checkpoint')\n"
-            "    os.kill(os.getpid(), signal.SIGKILL)\n") % str(run_dir / "model.pt")
+            "    os.kill(os.getpid(), signal.SIGKILL)\n")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     assert subprocess.run([sys.executable, "-c", code], env=env).returncode == -signal.SIGKILL
     assert not no_temp_files(run_dir)

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import torch
 from fault_helpers import one_line_error, run_module
+from NLM.min_lm.args import check_value
 from train_helpers import as_argv, tiny_flags, write_tokens
 
 from NLM.min_lm.errors import UserError
 from NLM.min_lm.scripts import generate, train, train_tokenizer
-from NLM.min_lm.scripts.args import check_value
 from NLM.min_lm.tokenization import BPETokenizer
-from NLM.min_lm.transformer import TransformerLM, save_checkpoint
+from NLM.min_lm.transformer import TransformerLM
 from NLM.min_lm.transformer.checkpoint import load_model, read_checkpoint
 from NLM.min_lm.transformer.model import ModelConfig
 
@@ -109,8 +109,8 @@ def test_every_command_that_reads_a_checkpoint_says_one_line(trained, tmp_path, 
     torch.save(ckpt, bad)
     vocab, merges = _byte_tokenizer(tmp_path)
     if command == "generate":
-        code = generate.main(["--checkpoint", str(bad), "--vocab_path", str(vocab), "--merges_path", str(merges),
-                              "--prompt", "a", "--max_tokens", "2", "--device", "cpu"])
+        code = generate.main(["--checkpoint", str(bad), "--vocab_path", str(vocab),
+                              "--merges_path", str(merges), "--prompt", "a", "--max_tokens", "2", "--device", "cpu"])
     elif command == "export":
         pytest.importorskip("safetensors")
         from NLM.min_lm.scripts import export_hf
@@ -161,7 +161,8 @@ def _import(hf, tmp_path):
 
 @pytest.mark.parametrize("change, named", [
     ({"num_attention_heads": 0}, "num_heads"), ({"num_attention_heads": 3}, "num_heads"),
-    ({"hidden_size": -32}, "d_model"), ({"vocab_size": "64"}, "vocab_size"), ({"vocab_size": None}, "vocab_size"),
+    ({"hidden_size": -32}, "d_model"), ({"vocab_size": "64"}, "vocab_size"),
+    ({"vocab_size": None}, "vocab_size"),
     ({"num_hidden_layers": 1.5}, "num_hidden_layers"), ({"rms_norm_eps": "small"}, "rms_norm_eps"),
     ({"rope_parameters": {"rope_theta": [1]}}, "rope_theta"), ({"rope_scaling": "none"}, "rope_scaling"),
     ({"intermediate_size": True}, "intermediate_size"),
@@ -356,8 +357,8 @@ def test_one_utf8_policy_for_train_tokenizer_and_tokenize(tmp_path, capsys):
     trained_error = one_line_error(capsys, "bad.txt", "not UTF-8", "offset 123")
     assert not (tmp_path / "t").exists()
     vocab, merges = _byte_tokenizer(tmp_path)
-    proc = run_module("tokenize", "--inputs", str(bad), "--vocab_path", str(vocab), "--merges_path", str(merges),
-                      "--output_dir", str(tmp_path / "o"), "--no-progress")
+    proc = run_module("tokenize", "--inputs", str(bad), "--vocab_path", str(vocab),
+                      "--merges_path", str(merges), "--output_dir", str(tmp_path / "o"), "--no-progress")
     assert proc.returncode == 2 and proc.stderr.strip() == trained_error
 
 

@@ -35,6 +35,18 @@ OTHER_WEIGHTS = {
     "lm_head.weight": "lm_head.weight",
 }
 ROTATED = ("attn.q_proj.weight", "attn.k_proj.weight")
+# Our ModelConfig field -> the Llama config.json field that means the same; used in both directions.
+# (RoPE's base has two spellings in config.json and is handled by `_rope_theta`.)
+CONFIG_FIELDS = {
+    "vocab_size": "vocab_size",
+    "context_length": "max_position_embeddings",
+    "d_model": "hidden_size",
+    "num_layers": "num_hidden_layers",
+    "num_heads": "num_attention_heads",
+    "d_ff": "intermediate_size",
+    "norm_eps": "rms_norm_eps",
+}
+RMS_NORM_EPS_DEFAULT = 1e-6  # transformers' LlamaConfig default, for a config.json that leaves it out
 
 
 def weight_names(num_layers: int) -> dict[str, str]:
@@ -115,16 +127,10 @@ def to_llama_config(
     return {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
-        "vocab_size": config.vocab_size,
-        "hidden_size": config.d_model,
-        "intermediate_size": config.d_ff,
-        "num_hidden_layers": config.num_layers,
-        "num_attention_heads": config.num_heads,
+        **{theirs: getattr(config, ours) for ours, theirs in CONFIG_FIELDS.items()},
         "num_key_value_heads": config.num_heads,
         "head_dim": config.d_model // config.num_heads,
-        "max_position_embeddings": config.context_length,
         "hidden_act": "silu",
-        "rms_norm_eps": config.norm_eps,
         "rope_theta": config.rope_theta,
         "rope_scaling": None,
         "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},
@@ -175,32 +181,24 @@ def from_llama_config(hf: dict[str, Any], source: str) -> tuple[ModelConfig, boo
         if value != wanted:
             raise UserError(f"{source}: {field} is {value!r}; min_lm needs {wanted!r}")
 
-    def number(field: str, kind: type, default: Any = None) -> Any:
-        """A field that must be a JSON number of `kind` (an int for sizes; a bool or "12" is not one)."""
-        if field not in hf and default is None:
-            raise UserError(f"{source}: missing field {field!r}")
-        value = hf.get(field, default)
-        if isinstance(value, bool) or not isinstance(value, int if kind is int else (int, float)):
-            raise UserError(f"{source}: {field} must be {'an integer' if kind is int else 'a number'}, "
-                            f"got {value!r}")
-        return value
-
-    heads = number("num_attention_heads", int)
-    d_model = number("hidden_size", int)
+    hf = {"rms_norm_eps": RMS_NORM_EPS_DEFAULT, **hf}
+    missing = [theirs for theirs in CONFIG_FIELDS.values() if theirs not in hf]
+    if missing:
+        raise UserError(f"{source}: missing field {missing[0]!r}")
+    values = {}
+    for ours, theirs in CONFIG_FIELDS.items():
+        value, is_eps = hf[theirs], ours == "norm_eps"  # every field is an int but the norm's epsilon
+        if isinstance(value, bool) or not isinstance(value, (int, float) if is_eps else int):
+            raise UserError(f"{source}: {theirs} must be {'a number' if is_eps else 'an integer'}, "
+                            f"got {value!r}")  # (a bool, "12" or 1.5 is no size)
+        values[ours] = value
     try:
-        config = ModelConfig(
-            vocab_size=number("vocab_size", int),
-            context_length=number("max_position_embeddings", int),
-            d_model=d_model,
-            num_layers=number("num_hidden_layers", int),
-            num_heads=heads,
-            d_ff=number("intermediate_size", int),
-            rope_theta=_rope_theta(hf, source),
-            norm_eps=number("rms_norm_eps", float, 1e-6),
-        )
+        config = ModelConfig(**values, rope_theta=_rope_theta(hf, source))
     except ValueError as e:  # a value no model can have: 0 heads, heads that do not divide, negative sizes
-        raise UserError(f"{source}: {e} (in Hugging Face terms: hidden_size, num_attention_heads, ...)"
-                        ) from None
+        names = ", ".join(f"{theirs} is our {ours}" for ours, theirs in CONFIG_FIELDS.items()
+                          if ours != theirs)
+        raise UserError(f"{source}: {e} ({names})") from None
+    heads, d_model = config.num_heads, config.d_model
     expect("num_key_value_heads", heads, heads)  # grouped-query attention does not fit
     expect("head_dim", d_model // heads, d_model // heads)
     expect("hidden_act", "silu", "silu")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from NLM.min_lm.scripts.args import parse_config, run_cli
+from NLM.min_lm.args import run_command
 from NLM.min_lm.training.config import TrainConfig
 from NLM.min_lm.training.interrupt import stop_requests
 
@@ -21,15 +21,13 @@ def run(config: TrainConfig):
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m NLM.min_lm.scripts.train") -> int:
-    def body() -> int:
-        config = parse_config(TrainConfig, argv, prog, __doc__)
+    def run_to_the_end(config: TrainConfig):
         # From here until the process exits, SIGINT/SIGTERM ask training to stop and save, and are ignored
         # once it has returned: a signal during the final save or the exit cannot lose the checkpoint.
         with stop_requests(then_ignore=True):
-            run(config)
-        return 0
+            return run(config)
 
-    return run_cli(body)
+    return run_command(TrainConfig, run_to_the_end, argv, prog, __doc__)
 
 
 if __name__ == "__main__":

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import UserError
-from .model import ModelConfig, TransformerLM
+from NLM.min_lm.errors import UserError
+from NLM.min_lm.transformer.model import ModelConfig, TransformerLM
 
 #: Entries `minlm train` adds, which `--resume` needs.
 TRAINING_STATE_KEYS = ("sampler_state", "best_val_loss", "elapsed")
@@ -88,7 +88,7 @@ def model_config_from_dict(data: Any, src: object) -> ModelConfig:
 
 def _check_shapes(config: ModelConfig, model: dict[str, torch.Tensor], bad) -> None:
     """The weights must have the shapes the config implies (a model on the "meta" device costs no memory)."""
-    from .checkpoint import clean_state_dict  # here: checkpoint.py imports this module
+    from NLM.min_lm.transformer.checkpoint import clean_state_dict  # here: checkpoint.py imports this module
 
 
     expected = TransformerLM.from_config(config, device="meta").state_dict()

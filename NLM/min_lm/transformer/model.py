@@ -19,9 +19,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from .attention import MultiHeadSelfAttention
-from .kv_cache import KVCache, LayerKVCache
-from .modules import Embedding, Linear, RMSNorm, SwiGLU
+from NLM.min_lm.transformer.attention import MultiHeadSelfAttention
+from NLM.min_lm.transformer.kv_cache import KVCache, LayerKVCache
+from NLM.min_lm.transformer.modules import Embedding, Linear, RMSNorm, SwiGLU
 
 
 @dataclass
