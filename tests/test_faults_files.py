@@ -133,7 +133,8 @@ def test_tokenize_import_and_export_outputs_through_a_file(tmp_path, capsys):
     tok.save(tmp_path / "v.json", tmp_path / "m.txt")
     (tmp_path / "in.txt").write_text(TEXT)
     proc = run_module("tokenize", "--inputs", str(tmp_path / "in.txt"),
-                      "--vocab_path", str(tmp_path / "v.json"), "--merges_path", str(tmp_path / "m.txt"), "--output_dir", str(tmp_path / "blocker/sub"))
+                      "--vocab_path", str(tmp_path / "v.json"), "--merges_path", str(tmp_path / "m.txt"),
+                      "--output_dir", str(tmp_path / "blocker/sub"))
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "blocker is a file" in proc.stderr
     proc = run_module("import_hf", str(tmp_path), "--out", ".", cwd=tmp_path)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "is a directory" in proc.stderr

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 from fault_helpers import one_line_error, run_module
-from NLM.min_lm.args import check_value
 from train_helpers import as_argv, tiny_flags, write_tokens
 
+from NLM.min_lm.args import check_value
 from NLM.min_lm.errors import UserError
 from NLM.min_lm.scripts import generate, train, train_tokenizer
 from NLM.min_lm.tokenization import BPETokenizer
@@ -110,7 +110,8 @@ def test_every_command_that_reads_a_checkpoint_says_one_line(trained, tmp_path, 
     vocab, merges = _byte_tokenizer(tmp_path)
     if command == "generate":
         code = generate.main(["--checkpoint", str(bad), "--vocab_path", str(vocab),
-                              "--merges_path", str(merges), "--prompt", "a", "--max_tokens", "2", "--device", "cpu"])
+                              "--merges_path", str(merges), "--prompt", "a", "--max_tokens", "2",
+                              "--device", "cpu"])
     elif command == "export":
         pytest.importorskip("safetensors")
         from NLM.min_lm.scripts import export_hf
