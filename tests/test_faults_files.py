@@ -22,7 +22,7 @@ from fault_helpers import no_temp_files, one_line_error, run_module
 from train_helpers import as_argv, tiny_flags, write_tokens
 
 from NLM.min_lm.errors import UserError
-from NLM.min_lm.fileio import atomic_path, atomic_write_text, directory_lock, temp_path
+from NLM.min_lm.fileio import atomic_path, atomic_write_text
 from NLM.min_lm.hf import export_hf
 from NLM.min_lm.scripts import train, train_tokenizer
 from NLM.min_lm.tokenization import BPETokenizer
@@ -169,6 +169,8 @@ def test_from_files_refuses_a_pair_from_different_trainings(tmp_path, vocab_merg
 
 
 def test_stale_temp_files_of_dead_writers_are_removed(tmp_path):
+    from NLM.min_lm.fileio import temp_path  # (imported here: new with issue 13, like directory_lock)
+
     target = tmp_path / "model.pt"
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                           text=True, check=True)
@@ -203,6 +205,8 @@ def test_sigkill_during_a_save_leaves_a_temp_file_that_the_next_run_removes(tmp_
 
 
 def test_a_second_run_on_the_same_directory_fails_at_once_naming_the_holder(tmp_path, flags, capsys):
+    from NLM.min_lm.fileio import directory_lock
+
     run_dir = tmp_path / "run"
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time\n"
                                "from NLM.min_lm.fileio import directory_lock\n"
