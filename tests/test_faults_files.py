@@ -105,6 +105,27 @@ def test_disk_limit_during_a_real_training_run(tmp_path, flags):
     assert (run_dir / "model.pt").read_bytes() == before and no_temp_files(run_dir)
 
 
+@pytest.mark.skipif(not hasattr(resource, "RLIMIT_FSIZE"), reason="needs RLIMIT_FSIZE")
+def test_disk_limit_while_tokenizing(tmp_path):
+    """The same for `minlm tokenize`, whose ids go through an unnamed buffer file before the .npy."""
+    _tokenizer().save(tmp_path / "v.json", tmp_path / "m.txt")
+    (tmp_path / "in.txt").write_text(TEXT * 300)  # ~600 kB of text, ~800 kB of uint16 ids
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "in.npy").write_bytes(b"the previous output")
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (300_000, 300_000))
+
+    proc = run_module("tokenize", "--inputs", str(tmp_path / "in.txt"),
+                      "--vocab_path", str(tmp_path / "v.json"), "--merges_path", str(tmp_path / "m.txt"),
+                      "--output_dir", str(tmp_path / "out"), "--no-progress", preexec_fn=limit)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "in.npy" in proc.stderr and "File too large" in proc.stderr
+    assert (tmp_path / "out" / "in.npy").read_bytes() == b"the previous output"
+    assert no_temp_files(tmp_path / "out")
+
+
 @pytest.mark.parametrize("flag, value", [("checkpoint_path", "blocker/x.pt"), ("run_dir", "blocker"),
                                          ("run_dir", "blocker/sub"), ("checkpoint_path", "adir.pt")])
 def test_train_output_through_a_file_or_onto_a_directory(tmp_path, flags, capsys, flag, value):
@@ -197,7 +218,8 @@ def test_sigkill_during_a_save_leaves_a_temp_file_that_the_next_run_removes(tmp_
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     assert subprocess.run([sys.executable, "-c", code], env=env).returncode == -signal.SIGKILL
     assert not no_temp_files(run_dir)
-    assert train.main(as_argv({**flags, "overwrite": True})) == 0
+    # removed at the start of the next run, even one that then stops before saving anything
+    assert train.main(as_argv({**flags, "val_tokens": str(tmp_path / "missing.npy")})) == 2
     assert no_temp_files(run_dir)
 
 

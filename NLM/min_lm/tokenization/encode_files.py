@@ -23,7 +23,8 @@ from typing import BinaryIO
 import numpy as np
 from tqdm.auto import tqdm
 
-from NLM.min_lm.fileio import atomic_path, read_utf8
+from NLM.min_lm.errors import UserError
+from NLM.min_lm.fileio import atomic_path, describe_os_error, make_dirs, read_utf8
 from NLM.min_lm.tokenization.tokenizer import BPETokenizer
 
 READ_BYTES = 1 << 20  # bytes read from the input at a time
@@ -69,15 +70,20 @@ def encode_file(tokenizer: BPETokenizer, dtype: np.dtype, pool: multiprocessing.
     num_bytes = input_path.stat().st_size
     blocks = tokenizer.split_for_encoding(read_utf8(input_path, READ_BYTES), BLOCK_CHARS)
     bar = tqdm(total=num_bytes, unit="B", unit_scale=True, desc=input_path.name, disable=not progress)
-    output_path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryFile(dir=output_path.parent) as raw, bar:
-        num_tokens = 0
-        for ids, block_bytes in _encode_in_order(tokenizer, dtype, pool, blocks, workers):
-            raw.write(ids.tobytes())
-            num_tokens += len(ids)
-            bar.update(block_bytes)
-        raw.seek(0)
-        write_npy(raw, dtype, num_tokens, output_path)
+    make_dirs(output_path.parent)
+    try:
+        with tempfile.TemporaryFile(dir=output_path.parent) as raw, bar:
+            num_tokens = 0
+            for ids, block_bytes in _encode_in_order(tokenizer, dtype, pool, blocks, workers):
+                raw.write(ids.tobytes())
+                num_tokens += len(ids)
+                bar.update(block_bytes)
+            raw.seek(0)
+            write_npy(raw, dtype, num_tokens, output_path)
+    except OSError as e:
+        if e.filename is not None:  # about the input: the caller's to explain
+            raise
+        raise UserError(describe_os_error(output_path, e)) from None  # the unnamed buffer beside it
     return EncodedFile(input_path, output_path, num_tokens, num_bytes, time.perf_counter() - start)
 
 

@@ -36,7 +36,13 @@ from NLM.min_lm.distributed import (
     wrap_model,
 )
 from NLM.min_lm.errors import UserError
-from NLM.min_lm.fileio import check_output_dir, check_output_file, directory_lock, missing_dirs
+from NLM.min_lm.fileio import (
+    check_output_dir,
+    check_output_file,
+    directory_lock,
+    missing_dirs,
+    remove_stale_temps,
+)
 from NLM.min_lm.training.config import TrainConfig
 from NLM.min_lm.training.data import BatchSampler, open_tokens, validation_starts
 from NLM.min_lm.training.interrupt import StopRequest, stop_requests
@@ -100,6 +106,8 @@ def claim_outputs(config: TrainConfig) -> Iterator[None]:
         with contextlib.ExitStack() as locks:
             for directory in sorted(flags):
                 locks.enter_context(directory_lock(directory, flags[directory]))
+            for output in (checkpoint, config.best_checkpoint_path, run_path / "loss.png"):
+                remove_stale_temps(output)  # left by writers killed outright: up to a checkpoint's size
             earlier = [p for p in (checkpoint, config.best_checkpoint_path, run_path / "metrics.jsonl")
                        if p.exists()]
             if earlier and not config.resume and not config.overwrite:
