@@ -2,7 +2,8 @@
 
 The bar: it finishes in at most 10 minutes on 2 CPU cores, and its validation loss ends well
 below the unigram entropy of the corpus (the best loss a model that ignores context can reach). The run
-goes to a temporary directory; its summary, the wall time and the machine go to
+goes to a temporary directory; its summary (without the run's file paths, which name that temporary
+directory and this machine's Python installation), the wall time and the machine go to
 benchmarks/results/bench_quickstart.json.
 
     python benchmarks/bench_quickstart.py            # the default run (~6 minutes on 2 cores)
@@ -19,10 +20,18 @@ from pathlib import Path
 
 from machine import machine_info
 
+from NLM.min_lm.corpus import stdlib_root
 from NLM.min_lm.quickstart.config import QuickstartConfig
 from NLM.min_lm.quickstart.pipeline import run_quickstart
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def portable(summary: dict) -> dict:
+    """The summary without local paths: results are committed, and a path says nothing on another machine."""
+    kept = {key: value for key, value in summary.items() if key != "files"}
+    kept["corpus"] = kept["corpus"].replace(f" from {stdlib_root()}", "")
+    return kept
 
 
 def main() -> None:
@@ -42,7 +51,7 @@ def main() -> None:
     out = RESULTS / f"bench_quickstart{'_tiny' if args.tiny else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"benchmark": "minlm quickstart" + (" --tiny" if args.tiny else ""),
-                               "wall_seconds": wall, "summary": summary, "machine": machine_info()},
+                               "wall_seconds": wall, "summary": portable(summary), "machine": machine_info()},
                               indent=2) + "\n")
     print(f"wrote {out}")
 
