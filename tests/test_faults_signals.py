@@ -67,3 +67,17 @@ def test_a_second_signal_when_the_temp_file_appears(tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0 and "Traceback" not in err, err
     assert torch.load(flags["checkpoint_path"], weights_only=True)["iteration"] >= 1
+
+
+def test_a_command_run_in_process_gives_the_handlers_back(tmp_path):
+    """Ignoring late signals is for a process that is ending because it was asked to stop; a program that
+    calls `main()` and goes on keeps its handlers (a forked worker that ignored SIGTERM could not be
+    stopped by its pool)."""
+    from NLM.min_lm.scripts import train
+
+    flags = tiny_flags(train_tokens=str(write_tokens(tmp_path, "train.npy")),
+                       val_tokens=str(write_tokens(tmp_path, "val.npy", n=1000, seed=1)),
+                       checkpoint_path=str(tmp_path / "run" / "model.pt"), max_iters=2)
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    assert train.main(as_argv(flags)) == 0
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before

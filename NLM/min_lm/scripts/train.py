@@ -22,8 +22,8 @@ def run(config: TrainConfig):
 
 def main(argv: list[str] | None = None, prog: str = "python -m NLM.min_lm.scripts.train") -> int:
     def run_to_the_end(config: TrainConfig):
-        # From here until the process exits, SIGINT/SIGTERM ask training to stop and save, and are ignored
-        # once it has returned: a signal during the final save or the exit cannot lose the checkpoint.
+        # SIGINT/SIGTERM ask training to stop and save; once one has, later ones are ignored until the
+        # process exits: a signal during the final save or the exit cannot lose the checkpoint.
         with stop_requests(then_ignore=True):
             return run(config)
 

@@ -7,9 +7,9 @@ again while the checkpoint is being written). So the handlers must stay in place
 plot and metrics are done: the trainer keeps the whole run, not only the loop, inside the block.
 
 Blocks nest: an inner `stop_requests()` shares the StopRequest of the outer one. The command line uses
-that to own the signals for the rest of the process (`then_ignore=True`): a signal that arrives after
-training returned, while the process is exiting, must not turn a saved run into a traceback or a death
-by signal. (Ignored, not routed: Python puts its own handlers back to the default while it shuts down.)
+that to own the signals for the rest of the process once a stop was asked for (`then_ignore=True`): a
+signal that arrives after training returned, while the process is exiting, must not turn a saved run into
+a traceback or a death by signal. (Ignored, not routed: Python puts its own handlers back to the default while it shuts down.)
 Library callers get their own handlers back on exit.
 """
 
@@ -40,7 +40,9 @@ def stop_requests(then_ignore: bool = False) -> Iterator[StopRequest]:
     """Route SIGINT/SIGTERM to a StopRequest for the duration of the block (main thread only:
     Python delivers signals there, so elsewhere the default behaviour stays).
 
-    With `then_ignore` the signals are ignored after the block instead (for a process that ends there).
+    With `then_ignore`, once a stop was requested the signals are ignored after the block instead of
+    restored (the process is ending: the user asked it to). Without a request they are restored, so a
+    program that calls a command's `main()` and goes on (a test suite, a notebook) keeps its handlers.
     """
     if threading.current_thread() is not threading.main_thread():
         yield StopRequest()
@@ -55,6 +57,6 @@ def stop_requests(then_ignore: bool = False) -> Iterator[StopRequest]:
         yield stop
     finally:
         for s, handler in previous.items():
-            if then_ignore:
+            if then_ignore and stop.requested:
                 handler = signal.SIG_IGN
             signal.signal(s, signal.SIG_DFL if handler is None else handler)  # None: set outside Python
