@@ -9,8 +9,8 @@ plot and metrics are done: the trainer keeps the whole run, not only the loop, i
 Blocks nest: an inner `stop_requests()` shares the StopRequest of the outer one. The command line uses
 that to own the signals for the rest of the process once a stop was asked for (`then_ignore=True`): a
 signal that arrives after training returned, while the process is exiting, must not turn a saved run into
-a traceback or a death by signal. (Ignored, not routed: Python puts its own handlers back to the default while it shuts down.)
-Library callers get their own handlers back on exit.
+a traceback or a death by signal. (Ignored, not routed: Python puts its own handlers back to the default
+while it shuts down.) Library callers get their own handlers back on exit.
 """
 
 from __future__ import annotations
