@@ -232,7 +232,9 @@ def test_a_sound_sharded_directory_still_imports(tmp_path):
     ("weight_decay", "inf"), ("grad_clip", "nan"), ("betas", "nan 0.9"), ("max_iters", str(2**70)),
 ])
 def test_train_numeric_flags(flags, flag, value):
-    proc = run_module("train", *as_argv(flags), f"--{flag}", *value.split())
+    values = value.split()  # ("--lr_min=-inf": argparse would take a separate "-inf" for a flag)
+    given = [f"--{flag}={value}"] if len(values) == 1 else [f"--{flag}", *values]
+    proc = run_module("train", *as_argv(flags), *given)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.count("\n") == 1 and f"--{flag} must" in proc.stderr  # the flag is the subject
 
