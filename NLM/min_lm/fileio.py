@@ -1,5 +1,4 @@
 """Crash-safe file writing: every output is written to a temporary name and renamed into place.
-(And the one way text inputs are read: `read_utf8`.)
 
 A rename within one directory is atomic on POSIX and Windows, so a reader (or a user after Ctrl-C)
 sees either the old file or the complete new one, never a half-written file.
@@ -18,7 +17,6 @@ Three more promises live here, so that every command keeps them the same way:
 
 from __future__ import annotations
 
-import codecs
 import contextlib
 import errno
 import os
@@ -289,31 +287,3 @@ def directory_lock(directory: str | os.PathLike, flag: str = "") -> Iterator[Non
             os.unlink(path)
         os.close(fd)
 
-
-# ------------------------------------------------------------------------------------------------
-# Reading text
-# ------------------------------------------------------------------------------------------------
-
-
-def read_utf8(path: str | os.PathLike, block_bytes: int = 1 << 20) -> Iterator[str]:
-    """Yield the text of a UTF-8 file in pieces (newlines kept as they are), in bounded memory.
-
-    The one policy for text inputs of every command (train-tokenizer, tokenize): invalid UTF-8 is an
-    error naming the file and the byte offset, never silently replaced.
-    """
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    offset = 0
-    with open(path, "rb") as f:
-        while True:
-            data = f.read(block_bytes)
-            held_back = len(decoder.getstate()[0])  # bytes of a character split by the last read
-            try:
-                text = decoder.decode(data, final=not data)
-            except UnicodeDecodeError as e:
-                position = offset - held_back + e.start
-                raise UserError(f"{path}: not UTF-8 text (invalid byte at offset {position})") from None
-            if text:
-                yield text
-            if not data:
-                return
-            offset += len(data)

@@ -43,6 +43,7 @@ from NLM.min_lm.fileio import (
     missing_dirs,
     remove_stale_temps,
 )
+from NLM.min_lm.training.budget import budget_spent, effective_iteration
 from NLM.min_lm.training.config import TrainConfig
 from NLM.min_lm.training.data import BatchSampler, open_tokens, validation_starts
 from NLM.min_lm.training.interrupt import StopRequest, stop_requests
@@ -70,17 +71,19 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def train(config: TrainConfig, *, loss_fn: LossFn = cross_entropy,
-          on_record: Callable[[dict[str, Any]], object] | None = None) -> TrainResult:
+          on_record: Callable[[dict[str, Any]], object] | None = None,
+          clock: Callable[[], float] = time.perf_counter) -> TrainResult:
     """Train a TransformerLM as `config` says. The body of `minlm train`, callable from Python.
 
     loss_fn(logits, targets): the training and validation loss (e.g. to add label smoothing).
     on_record(record): called with every metrics record (a training or validation line of metrics.jsonl)
     right after it is logged, e.g. to watch a run from a notebook.
+    clock(): seconds, measuring the training time that --max_minutes bounds (tests pass a fake one).
     """
     ctx, device = setup_distributed(config.device)
     try:
         with claim_outputs(config) if ctx.is_main else contextlib.nullcontext():
-            return Trainer(config, ctx, device, loss_fn=loss_fn, on_record=on_record).run()
+            return Trainer(config, ctx, device, loss_fn=loss_fn, on_record=on_record, clock=clock).run()
     except UserError as e:
         if ctx.enabled:  # under torchrun every rank prints its own error: say whose it is
             e.args = (f"[rank {ctx.rank}] {e}",)
@@ -126,8 +129,9 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, ctx: DistContext, device: torch.device, *,
                  loss_fn: LossFn = cross_entropy,
-                 on_record: Callable[[dict[str, Any]], object] | None = None) -> None:
-        self.config, self.ctx, self.device = config, ctx, device
+                 on_record: Callable[[dict[str, Any]], object] | None = None,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        self.config, self.ctx, self.device, self.clock = config, ctx, device, clock
         self.loss_fn, self.on_record = loss_fn, on_record
         c = config
         # 1. data: checked in full before anything is built or written
@@ -155,11 +159,12 @@ class Trainer:
         self.elapsed_before = 0.0  # seconds spent in earlier sessions of a resumed run
         self.saved_iteration: int | None = None  # the iteration in the checkpoint file now, if any
         self.val_loss: float | None = None  # the latest validation loss
-        self.session_start = time.perf_counter()
+        self.session_start = clock()
         if c.resume:
             self._resume()
         elif c.init_from is not None:
             self._init_weights(Path(c.init_from))
+        self.agreed_elapsed = self.elapsed_before  # rank 0's training time, the same on every process
 
         # 4. what runs the steps: optionally compiled, wrapped for data parallelism; the bare
         #    `self.model` shares its parameters and is what checkpoints store
@@ -268,6 +273,9 @@ class Trainer:
         self.sampler.load_state(saved["sampler_state"])
         self.best_val_loss = saved["best_val_loss"] if saved["best_val_loss"] is not None else math.inf
         self.elapsed_before = saved["elapsed"]
+        if self.config.time_budget is not None and self.elapsed_before >= self.config.time_budget:
+            raise UserError(f"--resume: {path} has already trained {self.elapsed_before / 60:.1f} minutes; "
+                            f"raise --max_minutes (now {self.config.max_minutes}) to train further")
         self.saved_iteration = self.iteration
 
     # ---- the loop ------------------------------------------------------------------------------------------
@@ -279,21 +287,21 @@ class Trainer:
         c = self.config
         self.metrics = self._open_metrics()
         self._say(self._header())
-        self.session_start = self.last_log_time = time.perf_counter()
+        self.session_start, self.last_log_time = self.clock(), time.perf_counter()
         self.last_log_iteration = self.iteration
         stopped_by = ""
+        last = False
         # Signals stay routed to `stop` until the very end: a second Ctrl-C during the final save must
         # not interrupt it (it would leave no checkpoint at all).
         with stop_requests() as stop:
             try:
                 with self._progress_bar() as self.bar:
-                    while self.iteration < c.max_iters and not stopped_by:
-                        lr = get_lr_cosine_schedule(self.iteration, c.lr_max, c.lr_min, c.warmup_iters,
-                                                    c.max_iters)
+                    while not last and not stopped_by:
+                        lr = self.learning_rate()
                         loss = self.train_step(lr)
                         self.iteration += 1
                         self.bar.update()
-                        last = self.iteration == c.max_iters
+                        last = self.budget_spent()
                         if self.iteration % c.log_interval == 0 or last:
                             self.log_training(loss, lr)
                         if self.iteration % c.eval_interval == 0 or last:
@@ -307,6 +315,22 @@ class Trainer:
                 if self.wandb_run is not None:
                     self.wandb_run.finish()
             return self._finish(stopped_by)
+
+    def learning_rate(self) -> float:
+        """The schedule at the run's progress: the larger of iteration/max_iters and time/budget."""
+        c = self.config
+        it = effective_iteration(self.iteration, c.max_iters, self.agreed_elapsed, c.time_budget)
+        return get_lr_cosine_schedule(it, c.lr_max, c.lr_min, c.warmup_iters, c.max_iters)
+
+    def budget_spent(self) -> bool:
+        """Whether the iterations or the time are used up. Under torchrun the time is rank 0's, sent to
+        every process every `log_interval` iterations (a collective waits for the GPU, so not after every
+        step), so all of them use the same learning rate and stop after the same iteration."""
+        c = self.config
+        if c.time_budget is not None and (not self.ctx.enabled or self.iteration % c.log_interval == 0):
+            elapsed = self.elapsed() if self.ctx.is_main else 0.0
+            self.agreed_elapsed = all_reduce_mean(elapsed, self.ctx, self.device) * self.ctx.world_size
+        return budget_spent(self.iteration, c.max_iters, self.agreed_elapsed, c.time_budget)
 
     def log_training(self, loss: float, lr: float) -> None:
         now = time.perf_counter()
@@ -351,6 +375,9 @@ class Trainer:
             plot_path=c.run_path / "loss.png",
             interrupted=bool(stopped_by),
         )
+        if not stopped_by and self.iteration < c.max_iters:
+            self._say(f"time budget of {c.max_minutes:g} min used up at iteration {self.iteration:,}: "
+                      f"{result.tokens_seen:,} tokens seen")
         if stopped_by and self.ctx.is_main:  # said even when quiet: the user must learn where the work went
             print(f"{stopped_by}: stopped after iteration {self.iteration}; checkpoint saved to "
                   f"{c.checkpoint_path}; continue with the same flags plus --resume")
@@ -361,7 +388,7 @@ class Trainer:
 
     def elapsed(self) -> float:
         """Training seconds so far, over all sessions of a resumed run."""
-        return self.elapsed_before + time.perf_counter() - self.session_start
+        return self.elapsed_before + self.clock() - self.session_start
 
     def _open_metrics(self) -> MetricsLog | None:
         """metrics.jsonl on process 0 (a fresh run replaces an earlier one only with --overwrite)."""
@@ -372,7 +399,9 @@ class Trainer:
                           wandb_run=self.wandb_run)
 
     def _progress_bar(self) -> tqdm:
-        return tqdm(total=self.config.max_iters, initial=self.iteration, unit="it", dynamic_ncols=True,
+        """Iterations out of max_iters; a time-budgeted run counts them without knowing the end."""
+        total = self.config.max_iters if self.config.time_budget is None else None
+        return tqdm(total=total, initial=self.iteration, unit="it", dynamic_ncols=True,
                     disable=self.config.quiet or not self.ctx.is_main)
 
     def _say(self, text: str, write: Callable[[str], Any] = print) -> None:
@@ -400,4 +429,4 @@ class Trainer:
         return (f"{start}: {self.model.num_parameters():,} parameters on {self.device} ({c.dtype}); "
                 f"global batch {self.global_batch_tokens:,} tokens = {ctx.world_size} process(es) x "
                 f"{c.batch_size} sequences x {c.grad_accum_steps} accumulation x {c.context_length} tokens; "
-                f"{c.max_iters} iterations")
+                f"{c.max_iters} iterations" + (f" or {c.max_minutes:g} min" if c.max_minutes else ""))
