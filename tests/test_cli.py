@@ -48,3 +48,12 @@ def test_usage_lists_every_command_but_not_the_old_names(capsys):
     assert listed == list(COMMANDS) and not set(listed) & set(ALIASES)
     assert main(["no-such-command"]) == 2
     assert "unknown command 'no-such-command'" in capsys.readouterr().err
+
+
+def test_version_names_the_encoder_without_importing_torch(monkeypatch):
+    report, output = probe("--version")
+    assert report == "status 0 torch False"
+    assert output.startswith("min-lm ")
+    assert output.strip().split("tokenizer encoder: ")[1] in ("C core", "Python")
+    monkeypatch.setenv("MINLM_PURE_PYTHON", "1")
+    assert probe("--version")[1].strip().endswith("tokenizer encoder: Python")

@@ -79,6 +79,7 @@ def test_command_line_entry_point(tmp_path, data_dir, gpt2):
     proc = subprocess.run([sys.executable, "-m", "NLM.min_lm.scripts.tokenize", *argv[:-1]],
                           capture_output=True, text=True, check=True)
     assert "bytes/token" in proc.stdout and "MB/s" in proc.stdout
+    assert f"encoder: {'C core' if gpt2.core == 'C' else 'Python'}" in proc.stdout
     ids = np.load(tmp_path / "address.npy")
     assert ids.tolist() == gpt2.encode((data_dir / "address.txt").read_text(encoding="utf-8"))
 

@@ -245,6 +245,34 @@ def test_long_input_without_whitespace_streams(gpt2, gpt2_small_blocks):
         gpt2.encode(text)
 
 
+class CountingCuts(BPETokenizer):
+    """Counts the searches for a safe cut, the only part of streaming that rescans text."""
+
+    BLOCK_CHARS = 1000
+    cut_searches = 0
+
+    def _last_safe_cut(self, text, start, end):
+        self.cut_searches += 1
+        return super()._last_safe_cut(text, start, end)
+
+
+def test_streaming_a_long_run_without_a_cut_searches_a_logarithmic_number_of_times():
+    vocab = {i: bytes([i]) for i in range(256)}
+    tokenizer = CountingCuts(vocab, [], native=False)
+    text = "x" * 200_000 + " end"
+    assert list(tokenizer.encode_iterable(iter(text))) == tokenizer.encode(text)
+    assert tokenizer.cut_searches < 40  # the pending text must double between searches: ~2 log2(200)
+
+
+def test_caches_keep_no_long_keys():
+    vocab = {i: bytes([i]) for i in range(256)} | {256: b"ab"}
+    tokenizer = BPETokenizer(vocab, [(b"a", b"b")], native=False)
+    words = [f"{i:x}" + "ab" * 200 for i in range(50)]
+    assert tokenizer.encode(" ".join(words)) == tokenizer.encode(" ".join(words))
+    cached = [*tokenizer._chunk_ids, *tokenizer._pretoken_ids]
+    assert cached and max(map(len, cached)) <= BPETokenizer.CACHED_CHARS
+
+
 # ------------------------------------------------------------------------------ files
 
 

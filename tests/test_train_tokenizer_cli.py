@@ -19,6 +19,7 @@ def test_writes_vocab_and_merges_that_load_back(data_dir, tmp_path, capsys):
     assert main([str(source), "--vocab_size", "300", "--output_dir", str(out), "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert "300 tokens" in printed and "longest token" in printed and "trained in" in printed
+    assert "compiled (_train_core) merge loop" in printed or "pure Python merge loop" in printed
     vocab_path, merges_path = out / "tinystories_sample_vocab.json", out / "tinystories_sample_merges.txt"
     assert sorted(p.name for p in out.iterdir()) == sorted([vocab_path.name, merges_path.name])
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import sys
 
 # subcommand -> (module under NLM.min_lm.scripts, one-line summary)
@@ -22,15 +23,31 @@ ALIASES = {"export": "export-hf"}
 
 def _usage() -> str:
     width = max(map(len, COMMANDS))
-    lines = ["usage: minlm <command> [options]   (minlm <command> --help for its flags)", "", "commands:"]
+    lines = ["usage: minlm <command> [options]   (minlm <command> --help for its flags; minlm --version)", "",
+             "commands:"]
     lines += [f"  {name:<{width}}  {summary}" for name, (_, summary) in COMMANDS.items()]
     return "\n".join(lines)
+
+
+def _version() -> str:
+    """The package version and which tokenizer encoder runs (the compiled core, or Python without it)."""
+    from NLM.min_lm.tokenization.native import native_module  # here, so that `minlm --help` stays light
+
+    try:
+        version = importlib.metadata.version("min-lm")
+    except importlib.metadata.PackageNotFoundError:
+        version = "(not installed)"
+    encoder = "C core" if native_module("_encode_core") is not None else "Python"
+    return f"min-lm {version}; tokenizer encoder: {encoder}"
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
+        return 0
+    if argv[0] == "--version":
+        print(_version())
         return 0
     name, rest = ALIASES.get(argv[0], argv[0]), argv[1:]
     if name not in COMMANDS:

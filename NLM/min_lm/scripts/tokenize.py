@@ -68,7 +68,7 @@ def run(config: TokenizeConfig) -> list[EncodedFile]:
         if result.bad_records.count:
             print(f"warning: {result.source}: {result.bad_records.summary()}", file=sys.stderr)
     if config.progress:
-        print(format_summary(results))
+        print(format_summary(results, tokenizer.core))
     return results
 
 

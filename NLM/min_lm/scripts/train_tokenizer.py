@@ -18,6 +18,7 @@ from NLM.min_lm.args import arg, run_command
 from NLM.min_lm.errors import UserError
 from NLM.min_lm.fileio import check_output_file
 from NLM.min_lm.tokenization import END_OF_TEXT, BPETokenizer, train_bpe
+from NLM.min_lm.tokenization.bpe_trainer import merge_loop_in_use
 from NLM.min_lm.tokenization.documents import (
     BadRecords,
     corpus_name,
@@ -86,7 +87,8 @@ def run(config: TrainTokenizerConfig) -> tuple[Path, Path]:
     BPETokenizer(vocab, merges, config.special_tokens).save(vocab_path, merges_path)
     specials = {token.encode("utf-8") for token in config.special_tokens}
     longest = max((token for token in vocab.values() if token not in specials), key=len)
-    print(f"trained in {seconds:.1f} s: {len(vocab)} tokens ({len(merges)} merges)")
+    loop = merge_loop_in_use()
+    print(f"trained in {seconds:.1f} s: {len(vocab)} tokens ({len(merges)} merges, {loop} merge loop)")
     shown = longest.decode("utf-8", errors="replace")
     shown = repr(shown) if len(shown) <= LONGEST_SHOWN else f"{shown[:LONGEST_SHOWN]!r}..."
     print(f"longest token: {shown} ({len(longest)} bytes)")

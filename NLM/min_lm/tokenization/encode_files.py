@@ -140,8 +140,9 @@ def _encode_block(block: str) -> tuple[np.ndarray, int]:
     return np.array(ids, dtype=_worker_state["dtype"]), len(block.encode("utf-8", errors="surrogatepass"))
 
 
-def format_summary(results: list[EncodedFile]) -> str:
-    """One line per file (tokens, bytes per token, speed), plus a total line for several files."""
+def format_summary(results: list[EncodedFile], encoder: str | None = None) -> str:
+    """One line per file (tokens, bytes per token, speed), a total line for several files, and which
+    encoder ran (`BPETokenizer.core`), if given."""
     lines = [f"{r.source} -> {r.output_path}: {r.num_tokens:,} tokens, "
              f"{r.num_bytes / max(r.num_tokens, 1):.2f} bytes/token, {r.num_bytes / 1e6 / r.seconds:.2f} MB/s"
              for r in results]
@@ -151,4 +152,6 @@ def format_summary(results: list[EncodedFile]) -> str:
         seconds = sum(r.seconds for r in results)
         lines.append(f"total: {tokens:,} tokens, {num_bytes / max(tokens, 1):.2f} bytes/token, "
                      f"{num_bytes / 1e6 / seconds:.2f} MB/s")
+    if encoder is not None:
+        lines.append(f"encoder: {'C core' if encoder == 'C' else encoder}")
     return "\n".join(lines)

@@ -19,6 +19,9 @@ lookups, and they have a size limit so that streaming a huge file cannot grow me
 
 `encode_iterable` streams: it encodes the text it has up to the last point where the rest of the
 stream cannot change the result (`_last_safe_cut`), and holds back only the tail after it.
+
+The same steps run in C when the optional compiled core is built (`_encode_core.c`, see
+`BPETokenizer._native_encoder`); this file stays the reference it is tested against.
 """
 
 from __future__ import annotations
@@ -27,8 +30,11 @@ import json
 import operator
 import os
 import re
-from collections.abc import Callable, Iterable, Iterator
+import sys
+from array import array
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from functools import cache
+from heapq import heapify, heappop, heappush
 from itertools import chain, pairwise
 from pathlib import Path
 
@@ -36,6 +42,7 @@ import regex
 
 from NLM.min_lm.errors import UserError
 from NLM.min_lm.fileio import atomic_paths
+from NLM.min_lm.tokenization.native import native_module
 from NLM.min_lm.tokenization.pretokenize import GPT2_ASCII_REGEX, GPT2_REGEX, special_token_regex
 
 # --------------------------------------------------------------------------------------------------
@@ -90,24 +97,33 @@ class _Cache(dict):
     speed and Python code runs only on a miss (`__missing__`). When `max_size` entries are held,
     they become the previous generation and the cache starts empty; an entry asked for again moves
     back from there at the cost of a lookup, the rest are dropped at the next turnover (roughly
-    least-recently-used, with no bookkeeping on hits). So at most 2 * max_size entries are kept.
+    least-recently-used, with no bookkeeping on hits). So at most 2 * max_size entries are kept,
+    and none longer than `max_key_chars`: a long text rarely repeats, and storing it would let a
+    few huge inputs hold memory in proportion to their size.
     """
 
-    def __init__(self, compute: Callable[[str], tuple[int, ...]], max_size: int) -> None:
+    def __init__(self, compute: Callable[[str], tuple[int, ...]], max_size: int, max_key_chars: int) -> None:
         super().__init__()
         self._compute = compute
         self._max_size = max_size
+        self._max_key_chars = max_key_chars
         self._previous: dict[str, tuple[int, ...]] = {}
 
     def __missing__(self, text: str) -> tuple[int, ...]:
+        if len(text) > self._max_key_chars:
+            return self._compute(text)
         ids = self._previous.get(text)
         if ids is None:
             ids = self._compute(text)
         if len(self) >= self._max_size:
-            self._previous = dict(self)
-            self.clear()
+            self._turn_over()
         self[text] = ids
         return ids
+
+    def _turn_over(self) -> None:
+        """Start a new generation: the current entries become the previous ones."""
+        self._previous = dict(self)
+        self.clear()
 
 
 # The characters the `regex` module (and tiktoken) count as `\s`: Unicode's White_Space. Python's
@@ -127,6 +143,21 @@ _CHUNK_RE = re.compile(f"[{WHITESPACE}]?[^{WHITESPACE}]+|[{WHITESPACE}]+(?![^{WH
 # GPT-2's document separator: the special token every min_lm command uses unless told otherwise.
 END_OF_TEXT = "<|endoftext|>"
 
+
+@cache
+def char_classes() -> bytes:
+    """The class of each code point in GPT-2's pattern: 1 letter (`\\p{L}`), 2 number (`\\p{N}`),
+    3 whitespace (`\\s`), 0 anything else; as the `regex` module itself decides, for the compiled core.
+    """
+    code_points = array("I", range(0x110000)).tobytes()  # 4-byte ints in the machine's byte order
+    every_char = code_points.decode(f"utf-32-{sys.byteorder[0]}e", "surrogatepass")
+    table = bytearray(len(every_char))
+    for code, pattern in ((1, r"\p{L}+"), (2, r"\p{N}+"), (3, r"\s+")):
+        for match in regex.finditer(pattern, every_char):
+            table[match.start() : match.end()] = bytes([code]) * (match.end() - match.start())
+    return bytes(table)
+
+
 # The last place where non-whitespace meets whitespace, a safe place to cut a stream: searching
 # backwards from the end, `match.end()` is that place.
 _LAST_WORD_END_RE = regex.compile(r"\S(?=\s)", flags=regex.REVERSE)
@@ -140,6 +171,9 @@ class BPETokenizer:
         index r has rank r (lower merges first), and `left + right` must be in the vocab.
     special_tokens: strings encoded as one id each and never split; those not already in the
         vocab get new ids after the largest one.
+    native: run the encoding loops in the compiled core (`_encode_core.c`) when it is built
+        (None: unless MINLM_PURE_PYTHON=1), or in Python (False); True insists on the core.
+        Both give the same ids; `core` says which one runs.
 
     Instances keep caches of encoded chunks, so share one tokenizer rather than rebuild it; they
     are not safe to use from several threads at once.
@@ -148,6 +182,8 @@ class BPETokenizer:
     #: Maximum number of cached chunks, and of cached pre-tokens, per cache generation (two are
     #: kept, see `_Cache`): this bounds memory whatever the input.
     CACHE_SIZE = 1 << 17
+    #: Longer chunks and pre-tokens are encoded every time, not cached (see `_Cache`).
+    CACHED_CHARS = 256
     #: `encode_iterable` encodes in blocks of about this many characters.
     BLOCK_CHARS = 1 << 20
 
@@ -156,6 +192,7 @@ class BPETokenizer:
         vocab: dict[int, bytes],
         merges: list[tuple[bytes, bytes]],
         special_tokens: list[str] | None = None,
+        native: bool | None = None,
     ) -> None:
         _check_vocab(vocab)
         self.vocab: dict[int, bytes] = dict(vocab)
@@ -205,8 +242,43 @@ class BPETokenizer:
             self._merge_rank.setdefault((ids[0], ids[1]), rank)
             self._merged_id.append(ids[2])
 
-        self._chunk_ids = _Cache(self._encode_chunk, self.CACHE_SIZE)
-        self._pretoken_ids = _Cache(self._encode_pretoken, self.CACHE_SIZE)
+        self._chunk_ids = _Cache(self._encode_chunk, self.CACHE_SIZE, self.CACHED_CHARS)
+        self._pretoken_ids = _Cache(self._encode_pretoken, self.CACHE_SIZE, self.CACHED_CHARS)
+        self._native = self._native_encoder(native)
+
+    def _native_encoder(self, native: bool | None):
+        """The compiled twin of this tokenizer's encoding tables, or None to encode in Python.
+
+        The core numbers tokens by their position in `id_objects` (ids can be any ints), and takes
+        the character classes of GPT-2's pattern as a table, so that it splits text exactly as
+        the `regex` module does. It keeps its own caches of chunks and pre-tokens, bounded as `_Cache`
+        is, hashed with a random key so that no text can be made to collide in them.
+        """
+        core = native_module("_encode_core", native)
+        if core is None:
+            return None
+        id_objects = tuple(self.vocab)
+        index = {token_id: i for i, token_id in enumerate(id_objects)}
+        merges = [(index[left], index[right], rank, index[self._merged_id[rank]])
+                  for (left, right), rank in self._merge_rank.items()]
+        whole_tokens = {text: index[token_id] for text, token_id in self._whole_token_ids.items()}
+        return core.Encoder(id_objects=id_objects, byte_index=[index[i] for i in self._byte_ids],
+                            merges=merges, whole_tokens=whole_tokens, char_classes=char_classes(),
+                            cache_size=self.CACHE_SIZE, cached_chars=self.CACHED_CHARS,
+                            hash_key=os.urandom(16))
+
+    def __getstate__(self) -> dict:
+        """Pickle (e.g. for worker processes) without the compiled core, which is rebuilt on load."""
+        return self.__dict__ | {"_native": self._native is not None}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._native = self._native_encoder(None if state["_native"] else False)
+
+    @property
+    def core(self) -> str:
+        """Which encoder runs: "C" (the compiled core) or "Python"."""
+        return "Python" if self._native is None else "C"
 
     # ---------------------------------------------------------------------------------- files
 
@@ -263,18 +335,23 @@ class BPETokenizer:
         block = block_chars or self.BLOCK_CHARS
         pending: list[str] = []
         pending_chars = 0
+        wait_for = block  # look for a cut once this many characters are pending
         for text in texts:
             pending.append(text)
             pending_chars += len(text)
-            if pending_chars < block:
+            if pending_chars < wait_for:
                 continue
             buffer = "".join(pending)
             start = 0
+            wait_for = block
             while len(buffer) - start >= block:
                 cut = self._last_safe_cut(buffer, start, start + block)
                 if cut == start:
                     cut = self._last_safe_cut(buffer, start, len(buffer))
                     if cut == start:
+                        # No cut yet: search again only once the text has doubled, so that a long
+                        # stretch without one costs linear time, not a rescan per piece of input.
+                        wait_for = 2 * (len(buffer) - start)
                         break
                 yield buffer[start:cut]
                 start = cut
@@ -325,8 +402,10 @@ class BPETokenizer:
         """Encode text that holds no special tokens: the ids of its chunks, each from the cache.
 
         Everything here runs in C loops (findall, map, chain); Python code runs only for a chunk
-        the cache lacks.
+        the cache lacks. The compiled core does the same in one C loop, with a cache of its own.
         """
+        if self._native is not None:
+            return self._native.encode_ordinary(text)
         return list(chain.from_iterable(map(self._chunk_ids.__getitem__, _CHUNK_RE.findall(text))))
 
     def _encode_chunk(self, chunk: str) -> tuple[int, ...]:
@@ -346,10 +425,14 @@ class BPETokenizer:
         leftmost one on ties) until no adjacent pair has a merge.
 
         `ranks[i]` is the rank of the pair (ids[i], ids[i + 1]); a merge changes only its two
-        neighbours' ranks, so each step is a C-speed `min` and `index` plus two dict lookups.
+        neighbours' ranks, so each step is a C-speed `min` and `index` plus two dict lookups. That
+        is quadratic in the length, which only matters for long pre-tokens (a run of spaces, a DNA
+        string, base64): those go to `merge_with_heap`, which is O(n log n) but slower when short.
         """
         ids = [self._byte_ids[b] for b in token]
         rank_of, merged_id = self._merge_rank, self._merged_id
+        if len(ids) > SHORT_PRETOKEN_BYTES:
+            return merge_with_heap(ids, rank_of, merged_id)
         never = len(merged_id)
         ranks = [rank_of.get(pair, never) for pair in pairwise(ids)]
         while ranks:
@@ -400,6 +483,54 @@ def load_tokenizer(vocab_path: str | os.PathLike, merges_path: str | os.PathLike
         raise
     except (ValueError, KeyError) as e:
         raise UserError(f"{vocab_path} / {merges_path}: not a matching vocab and merges pair ({e})") from None
+
+
+# --------------------------------------------------------------------------------------------------
+# The byte-pair merge of a long pre-token
+# --------------------------------------------------------------------------------------------------
+
+#: Pre-tokens of at most this many bytes merge by rescanning a list of ranks (`BPETokenizer._merge`),
+#: longer ones with a heap (`merge_with_heap`); measured, the two cost the same at about 32 bytes.
+SHORT_PRETOKEN_BYTES = 32
+
+
+def merge_with_heap(
+    ids: list[int], rank_of: Mapping[tuple[int, int], int], merged_id: Sequence[int]
+) -> list[int]:
+    """Merge the lowest-ranked adjacent pair of `ids` (the leftmost on ties) until none has a rank.
+
+    The same result as rescanning all pairs after each merge, in O(n log n) instead of O(n^2):
+    - the parts live in a doubly linked list (`left[i]`, `right[i]` are the neighbours of the part
+      that starts at byte i; `ids[i]` is None once that part has been merged into its left one);
+    - a heap holds `rank * n + i` for each adjacent pair (rank, i), so the next merge is the
+      smallest entry, and on equal ranks the one with the smallest i, the leftmost pair (one int
+      per entry rather than a tuple: the heap compares them faster);
+    - a merge changes only the pairs with its two neighbours: those are pushed, and instead of
+      removing the entries that became stale, each popped entry is checked against the list
+      (lazy invalidation). Each merge pushes at most two entries, so the heap holds fewer than 3n.
+    `rank_of` maps a pair of ids to its merge's rank and `merged_id[rank]` is the merged id.
+    """
+    ids = list(ids)
+    n = len(ids)
+    left = list(range(-1, n - 1))
+    right = list(range(1, n + 1))  # n: no right neighbour
+    heap = [rank * n + i for i, pair in enumerate(pairwise(ids)) if (rank := rank_of.get(pair)) is not None]
+    heapify(heap)
+    while heap:
+        rank, i = divmod(heappop(heap), n)
+        j = right[i]
+        if j == n or rank_of.get((ids[i], ids[j])) != rank:
+            continue  # stale: part i or j was merged since this entry was pushed
+        ids[i], ids[j] = merged_id[rank], None
+        k = right[i] = right[j]
+        if k < n:
+            left[k] = i
+            if (new_rank := rank_of.get((ids[i], ids[k]))) is not None:
+                heappush(heap, new_rank * n + i)
+        h = left[i]
+        if h >= 0 and (new_rank := rank_of.get((ids[h], ids[i]))) is not None:
+            heappush(heap, new_rank * n + h)
+    return [token_id for token_id in ids if token_id is not None]
 
 
 # --------------------------------------------------------------------------------------------------
