@@ -279,14 +279,19 @@ def test_vocab_mismatch_is_refused(tmp_path, checkpoint, data_dir):
 
 def test_existing_directory_needs_force(tmp_path, checkpoint, tokenizer_files):
     out = tmp_path / "hf"
-    out.mkdir()
-    (out / "keep.txt").write_text("mine")
+    export_hf(checkpoint, *tokenizer_files, out)
+    (out / "config.json").write_text("{}")  # an earlier export, touched since
     with pytest.raises(UserError, match="--force"):
         export_hf(checkpoint, *tokenizer_files, out)
-    assert (out / "keep.txt").read_text() == "mine"
+    assert (out / "config.json").read_text() == "{}"
     export_hf(checkpoint, *tokenizer_files, out, force=True)
-    assert not (out / "keep.txt").exists() and (out / "model.safetensors").is_file()
+    assert (out / "config.json").read_text() != "{}" and (out / "model.safetensors").is_file()
     assert [p.name for p in tmp_path.iterdir()] == ["hf"]
+    # a directory holding anything else is not replaced, even with --force (issue 13: it deleted inputs)
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(UserError, match="does not look like an earlier export"):
+        export_hf(checkpoint, *tokenizer_files, out, force=True)
+    assert (out / "keep.txt").read_text() == "mine"
 
 
 LLAMA = {"model_type": "llama", "vocab_size": 10, "hidden_size": 8, "intermediate_size": 16,

@@ -107,7 +107,7 @@ def test_malformed_vocab_exits_2(tmp_path, data_dir, capsys):
 
 def test_vocab_that_is_not_byte_level_exits_2(tmp_path, capsys):
     (tmp_path / "v.json").write_text('{"a": 0}')
-    (tmp_path / "m.txt").write_text("")
+    (tmp_path / "m.txt").write_text("#version: 0.2\n")  # no merges (an empty file is refused as cut short)
     (tmp_path / "in.txt").write_text("hello")
     argv = ["--inputs", str(tmp_path / "in.txt"), "--vocab_path", str(tmp_path / "v.json"),
             "--merges_path", str(tmp_path / "m.txt"), "--output_dir", str(tmp_path)]

@@ -14,21 +14,89 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 import types
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 from NLM.min_lm.errors import UserError
+from NLM.min_lm.fileio import describe_os_error
 
 C = TypeVar("C")
 
 
-def arg(help: str, *, positional: bool = False, choices: Sequence[Any] | None = None) -> dict[str, Any]:
-    """Metadata for a config field: `x: int = field(default=1, metadata=arg("what x is"))`."""
-    return {"help": help, "positional": positional, "choices": choices}
+def arg(help: str, *, positional: bool = False, choices: Sequence[Any] | None = None,
+        low: float | None = None, high: float | None = None) -> dict[str, Any]:
+    """Metadata for a config field: `x: int = field(default=1, metadata=arg("what x is"))`.
+
+    `low` / `high` bound a number (inclusive); every number is checked for its type and finiteness anyway
+    (see `check_value`).
+    """
+    return {"help": help, "positional": positional, "choices": choices, "low": low, "high": high}
+
+
+# Ints beyond this are no sensible size, count or seed, and overflow numpy's and torch's int64.
+INT_LIMIT = 2**63
+
+
+def _type_name(tp: Any) -> str:
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
+
+
+def check_value(name: str, value: Any, tp: Any, meta: Mapping[str, Any] | None = None) -> None:
+    """Raise UserError unless `value` has the field's type `tp` and lies in its range.
+
+    The one place every number of every command is checked, from the command line, a config file or
+    Python alike: floats must be finite (NaN passes every `<` test, so a per-flag check like `lr < 0`
+    misses it, and inf turns into NaN later), ints must fit in 64 bits, `low`/`high` from `arg()` hold.
+    """
+    meta = meta or {}
+    flag = f"--{name}"
+    optional = _unwrap_optional(tp) is not tp
+    tp = _unwrap_optional(tp)
+    if value is None and optional:
+        return
+    origin = typing.get_origin(tp)
+    if origin in (list, tuple, Sequence):
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"{flag} must be a list, got {value!r}")
+        item_types = typing.get_args(tp) or (Any,)
+        if origin is tuple and Ellipsis not in item_types and len(value) != len(item_types):
+            raise UserError(f"{flag} must be {len(item_types)} values, got {value!r}")
+        for i, item in enumerate(value):
+            item_type = item_types[0] if origin is not tuple else item_types[min(i, len(item_types) - 1)]
+            check_value(name, item, item_type, meta)
+        return
+    if tp is bool:
+        ok = isinstance(value, bool)
+    elif tp is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        if ok and not -INT_LIMIT < value < INT_LIMIT:
+            raise UserError(f"{flag} must be an integer of at most 64 bits, got {value}")
+    elif tp is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok and not math.isfinite(value):
+            raise UserError(f"{flag} must be a finite number, got {value}")
+    elif tp is str:
+        ok = isinstance(value, str)
+    else:
+        return
+    if not ok:
+        raise UserError(f"{flag} must be {_type_name(tp)}, got {value!r}")
+    if meta.get("low") is not None and value < meta["low"]:
+        raise UserError(f"{flag} must be at least {meta['low']}, got {value}")
+    if meta.get("high") is not None and value > meta["high"]:
+        raise UserError(f"{flag} must be at most {meta['high']}, got {value}")
+
+
+def check_fields(config: Any) -> None:
+    """`check_value` for every field of a config dataclass (call it first in `__post_init__`)."""
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        check_value(f.name, getattr(config, f.name), hints[f.name], f.metadata)
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -121,8 +189,16 @@ def parse_config(cls: type[C], argv: Sequence[str] | None, prog: str, descriptio
     known, _ = pre.parse_known_args(argv)
     parser = _OneLineParser(prog=prog, description=description,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
+    file_values: dict[str, Any] = {}
     try:
-        file_values = load_config_file(known.config, {f.name for f in fields}) if known.config else {}
+        if known.config:
+            file_values = load_config_file(known.config, {f.name for f in fields})
+        for f in fields:  # a file's values skip argparse's conversion: check their types here
+            if f.name in file_values:
+                try:
+                    check_value(f.name, file_values[f.name], hints[f.name], f.metadata)
+                except UserError as e:
+                    raise UserError(f"{known.config}: {str(e).removeprefix('--')}") from None
     except UserError as e:
         parser.error(str(e))
     parser.add_argument("--config", help="JSON or YAML file of option values; flags override it")
@@ -144,8 +220,10 @@ def parse_config(cls: type[C], argv: Sequence[str] | None, prog: str, descriptio
         if isinstance(value, list) and typing.get_origin(_unwrap_optional(hints[name])) is tuple:
             values[name] = tuple(value)
     try:
+        for f in fields:
+            check_value(f.name, values[f.name], hints[f.name], f.metadata)
         return cls(**values)
-    except (UserError, ValueError, TypeError) as e:
+    except (UserError, ValueError, TypeError, OverflowError) as e:
         parser.error(str(e))
 
 
@@ -162,8 +240,11 @@ def run_command(cls: type[C], run: Callable[[C], object], argv: Sequence[str] | 
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
-        print(f"error: {e.filename}: {e.strerror}", file=sys.stderr)
+    except OSError as e:  # any operating-system failure the library did not explain itself
+        if e.filename is not None:
+            print(f"error: {describe_os_error(e.filename, e, 'use')}", file=sys.stderr)
+        else:
+            print(f"error: {e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

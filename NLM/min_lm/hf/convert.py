@@ -14,15 +14,22 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import torch
 
 from NLM.min_lm.errors import UserError
+from NLM.min_lm.fileio import (
+    check_output_dir,
+    check_output_file,
+    describe_os_error,
+    make_dirs,
+    remove_stale_temps,
+    temp_path,
+)
 from NLM.min_lm.hf.llama import from_llama_config, from_llama_weights, to_llama_config, to_llama_weights
 from NLM.min_lm.hf.tokenizer_json import byte_level_bpe_from_tokenizer_json, tokenizer_json
 from NLM.min_lm.options import DTYPES
@@ -112,11 +119,30 @@ def _tokenizer_files(
     _write_json(out / "special_tokens_map.json", special_tokens_map)
 
 
-def _check_empty_target(out: Path, force: bool) -> None:
+# What export_hf writes; a directory holding only these (config.json among them) is a previous export.
+EXPORT_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+                "tokenizer_config.json", "special_tokens_map.json")
+
+
+def _check_target(out: Path, inputs: list[Path], force: bool) -> None:
+    """`out` may be replaced only if it is empty, or (with force) a previous export; never if it holds an
+    input: replacing it would delete the very checkpoint or tokenizer being exported."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a directory")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise UserError(f"--out {out} exists and is not empty; pass --force to replace it")
+    target = out.resolve()
+    for source in inputs:
+        if source.resolve() == target or target in source.resolve().parents:
+            raise UserError(f"--out {out} holds the input {source}; write the export to another directory")
+    entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if not entries:
+        return
+    if not force:
+        raise UserError(f"--out {out} exists and is not empty; pass --force to replace an earlier export")
+    foreign = [name for name in entries if name not in EXPORT_FILES]
+    if foreign or "config.json" not in entries:
+        example = foreign[0] if foreign else "no config.json"
+        raise UserError(f"--out {out} does not look like an earlier export ({example}); --force replaces "
+                        "only a directory written by export, so choose another --out or empty it yourself")
 
 
 def _move_into_place(built: Path, out: Path) -> None:
@@ -145,7 +171,8 @@ def export_hf(
     `dtype` (float32 / bfloat16 / float16) converts the weights; by default they keep the checkpoint's dtype.
     """
     out = Path(out)
-    _check_empty_target(out, force)
+    _check_target(out, [Path(checkpoint), Path(vocab_path), Path(merges_path)], force)
+    check_output_dir(out.resolve().parent, "--out")
     special_tokens = [END_OF_TEXT] if special_tokens is None else list(special_tokens)
     save_file = _safetensors().save_file
 
@@ -167,10 +194,12 @@ def export_hf(
     weights = to_llama_weights(state, config)
     weight_dtype = next(iter(weights.values())).dtype
 
-    out.parent.mkdir(parents=True, exist_ok=True)
+    # resolved: `--out .` has no name of its own
+    target = make_dirs(out.resolve().parent, "--out") / out.resolve().name
     # A hidden, unique name beside the target (same file system, so the final rename is atomic). Not
     # mkdtemp: its directories are private (0700), and the result should get the usual permissions.
-    built = out.parent / f".{out.name}.{secrets.token_hex(6)}.tmp"
+    remove_stale_temps(target)
+    built = temp_path(target)
     built.mkdir()
     try:
         _write_json(built / "config.json", to_llama_config(config, eos, eos, weight_dtype))
@@ -181,7 +210,10 @@ def export_hf(
         save_file(weights, built / "model.safetensors", metadata={"format": "pt"})
         shutil.copymode(built / "config.json", built / "model.safetensors")  # not private either
         _tokenizer_files(built, tokenizer, specials, config.context_length)
-        _move_into_place(built, out)
+        _move_into_place(built, target)
+    except OSError as e:
+        shutil.rmtree(built, ignore_errors=True)
+        raise UserError(describe_os_error(out, e)) from None
     except BaseException:
         shutil.rmtree(built, ignore_errors=True)
         raise
@@ -198,8 +230,12 @@ def _read_json(path: Path) -> dict[str, Any]:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(f"{path} does not exist; is {path.parent} a Hugging Face model directory?") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (invalid byte at offset {e.start})") from None
     except json.JSONDecodeError as e:
         raise UserError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
+    except OSError as e:
+        raise UserError(describe_os_error(path, e, "read")) from None
     if not isinstance(doc, dict):
         raise UserError(f"{path}: expected a JSON object")
     return doc
@@ -207,16 +243,50 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def _read_weights(hf_dir: Path) -> dict[str, torch.Tensor]:
     """All tensors of a safetensors model, single-file or sharded (model.safetensors.index.json)."""
-    load_file = _safetensors().load_file
     single, index = hf_dir / "model.safetensors", hf_dir / "model.safetensors.index.json"
     if single.is_file():
-        return load_file(single)
+        return _load_safetensors(single)
     if index.is_file():
         tensors: dict[str, torch.Tensor] = {}
-        for shard in sorted(set(_read_json(index).get("weight_map", {}).values())):
-            tensors.update(load_file(hf_dir / shard))
+        for shard in _shard_names(_read_json(index), index):
+            tensors.update(_load_safetensors(hf_dir / shard))
         return tensors
     raise UserError(f"{hf_dir} holds no model.safetensors (other weight formats are not supported)")
+
+
+def _shard_names(doc: dict[str, Any], index: Path) -> list[str]:
+    """The shard files an index names: plain relative names inside the model directory, which exist.
+
+    A name that is absolute or climbs out with `..` is refused: a downloaded index must not make us
+    read an arbitrary file. (Symbolic links inside the directory are followed, as the Hugging Face
+    cache links its snapshots to shared blobs.)
+    """
+    weight_map = doc.get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise UserError(f"{index}: 'weight_map' must map weight names to shard files")
+    shards = set()
+    for name, shard in weight_map.items():
+        if not isinstance(shard, str) or not shard:
+            raise UserError(f"{index}: weight {name!r} maps to {shard!r}, not a file name")
+        parts = PurePosixPath(shard).parts
+        if PurePosixPath(shard).is_absolute() or ".." in parts or "\\" in shard or ":" in shard:
+            raise UserError(f"{index}: shard {shard!r} lies outside the model directory; refusing to read it")
+        if not (index.parent / shard).is_file():
+            raise UserError(f"{index}: shard {shard!r} (of weight {name!r}) is missing from {index.parent}")
+        shards.add(shard)
+    return sorted(shards)
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of one safetensors file; a truncated or foreign file is a UserError naming it."""
+    load_file = _safetensors().load_file
+    try:
+        return load_file(path)
+    except OSError as e:
+        raise UserError(describe_os_error(path, e, "read")) from None
+    except Exception as e:  # safetensors raises its own SafetensorError (and others) for damaged files
+        first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"{path}: not a readable safetensors file ({first_line})") from None
 
 
 def _import_tokenizer(hf_dir: Path, vocab_path: str | os.PathLike, merges_path: str | os.PathLike) -> None:
@@ -245,6 +315,10 @@ def import_hf(
     hf_dir = Path(hf_dir)
     if (vocab_path is None) != (merges_path is None):
         raise UserError("give both --vocab_path and --merges_path to import the tokenizer, or neither")
+    check_output_file(out, "--out")
+    for path, flag in ((vocab_path, "--vocab_path"), (merges_path, "--merges_path")):
+        if path is not None:
+            check_output_file(path, flag)
     config_path = hf_dir / "config.json"
     config, tied = from_llama_config(_read_json(config_path), str(config_path))
     state = from_llama_weights(_read_weights(hf_dir), config, tied, str(hf_dir))

@@ -174,12 +174,16 @@ def _rope_theta(hf: dict[str, Any], source: str) -> float:
     """RoPE's base from either config generation, refusing any scaling (ours has none)."""
     params = hf.get("rope_parameters") or {}
     scaling = hf.get("rope_scaling")
+    if not isinstance(params, dict) or not isinstance(scaling or {}, dict):
+        raise UserError(f"{source}: rope_parameters and rope_scaling must be JSON objects")
     rope_type = params.get("rope_type") or (scaling or {}).get("rope_type") or (scaling or {}).get("type")
     if rope_type not in (None, "default"):
         raise UserError(f"{source}: rope scaling {rope_type!r} does not fit (min_lm's RoPE has no scaling)")
     if scaling and not rope_type:
         raise UserError(f"{source}: rope_scaling {scaling!r} does not fit (min_lm's RoPE has no scaling)")
     theta = params.get("rope_theta", hf.get("rope_theta", 10000.0))
+    if isinstance(theta, bool) or not isinstance(theta, (int, float)):
+        raise UserError(f"{source}: rope_theta must be a number, got {theta!r}")
     return float(theta)
 
 
@@ -203,10 +207,19 @@ def from_llama_config(hf: dict[str, Any], source: str) -> tuple[ModelConfig, boo
     missing = [theirs for theirs in CONFIG_FIELDS.values() if theirs not in hf]
     if missing:
         raise UserError(f"{source}: missing field {missing[0]!r}")
-    # every field is an int but the norm's epsilon
-    values = {ours: (float if ours == "norm_eps" else int)(hf[theirs])
-              for ours, theirs in CONFIG_FIELDS.items()}
-    config = ModelConfig(**values, rope_theta=_rope_theta(hf, source), qk_norm=model_type == "qwen3")
+    values = {}
+    for ours, theirs in CONFIG_FIELDS.items():
+        value, is_eps = hf[theirs], ours == "norm_eps"  # every field is an int but the norm's epsilon
+        if isinstance(value, bool) or not isinstance(value, (int, float) if is_eps else int):
+            raise UserError(f"{source}: {theirs} must be {'a number' if is_eps else 'an integer'}, "
+                            f"got {value!r}")  # (a bool, "12" or 1.5 is no size)
+        values[ours] = value
+    try:
+        config = ModelConfig(**values, rope_theta=_rope_theta(hf, source), qk_norm=model_type == "qwen3")
+    except ValueError as e:  # a value no model can have: 0 heads, heads that do not divide, negative sizes
+        names = ", ".join(f"{theirs} is our {ours}" for ours, theirs in CONFIG_FIELDS.items()
+                          if ours != theirs)
+        raise UserError(f"{source}: {e} ({names})") from None
     heads, d_model = config.num_heads, config.d_model
     expect("num_key_value_heads", heads, heads)  # grouped-query attention does not fit
     expect("head_dim", d_model // heads, d_model // heads)

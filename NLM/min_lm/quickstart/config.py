@@ -72,7 +72,7 @@ class QuickstartConfig:
                                                  "(empty: unconditional samples)"))
     temperature: float = field(default=0.8, metadata=arg("sampling temperature"))
     top_p: float = field(default=0.95, metadata=arg("nucleus sampling threshold"))
-    seed: int = field(default=0, metadata=arg("seed for the corpus order, training and sampling"))
+    seed: int = field(default=0, metadata=arg("seed for the corpus order, training and sampling", low=0))
     device: str = field(default="auto", metadata=arg("auto (cuda, then mps, then cpu), cpu, cuda, "
                                                      "cuda:N or mps"))
     progress: bool = field(default=True, metadata=arg("show progress bars and stage summaries"))

@@ -81,6 +81,7 @@ def train_config(config: QuickstartConfig, vocab_size: int, out_dir: Path) -> Tr
         lr_min=config.lr_max / 10, warmup_iters=max(1, iters // 20), max_iters=iters,
         max_minutes=config.minutes or None, eval_interval=100 if config.minutes else max(1, iters // 10),
         eval_iters=10, checkpoint_interval=iters, seed=config.seed, checkpoint_path=str(out_dir / "model.pt"),
+        overwrite=True,  # a rerun replaces the whole pipeline
         recipe=config.recipe, device=config.device, quiet=not config.progress)
 
 

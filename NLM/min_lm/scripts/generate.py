@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
-from NLM.min_lm.args import arg, run_command
+from NLM.min_lm.args import arg, check_fields, run_command
 from NLM.min_lm.errors import UserError
 from NLM.min_lm.tokenization import END_OF_TEXT, load_tokenizer
 
@@ -29,7 +29,7 @@ class GenerateConfig:
     top_p: float | None = field(default=None, metadata=arg("nucleus sampling: keep the most likely tokens "
                                                            "up to this total probability"))
     top_k: int | None = field(default=None, metadata=arg("sample among the k most likely tokens only"))
-    seed: int | None = field(default=None, metadata=arg("random seed, for reproducible samples"))
+    seed: int | None = field(default=None, metadata=arg("random seed, for reproducible samples", low=0))
     num_samples: int = field(default=1, metadata=arg("independent samples, generated as one batch"))
     device: str = field(default="auto", metadata=arg("auto (cuda, then mps, then cpu), cpu, cuda, "
                                                      "cuda:N or mps"))
@@ -37,6 +37,7 @@ class GenerateConfig:
                                       metadata=arg("the tokenizer's special tokens"))
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if not self.prompt:
             raise UserError("--prompt is empty; give some text (or '<|endoftext|>' for a fresh document)")
         if self.max_tokens < 1:

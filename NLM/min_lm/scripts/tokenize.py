@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from NLM.min_lm.args import arg, run_command
 from NLM.min_lm.errors import UserError
+from NLM.min_lm.fileio import check_output_file
 from NLM.min_lm.tokenization import END_OF_TEXT, load_tokenizer
 from NLM.min_lm.tokenization.documents import corpus_name, resolve_inputs
 
@@ -58,6 +59,8 @@ def run(config: TokenizeConfig) -> list[EncodedFile]:
     outputs = [Path(config.output_dir) / f"{corpus_name(spec)}.npy" for spec in config.inputs]
     if len(set(outputs)) < len(outputs):
         raise UserError("--inputs: two inputs have the same name, so their outputs would collide")
+    for output in outputs:  # before any work: the outputs can be written
+        check_output_file(output, "--output_dir")
     tokenizer = load_tokenizer(config.vocab_path, config.merges_path, config.special_tokens)
     results = encode_files(tokenizer, inputs, outputs, config.workers, config.progress, config.text_field,
                            config.skip_bad_records)

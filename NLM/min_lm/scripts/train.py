@@ -11,6 +11,7 @@ import sys
 
 from NLM.min_lm.args import run_command
 from NLM.min_lm.training.config import TrainConfig
+from NLM.min_lm.training.interrupt import stop_requests
 
 
 def run(config: TrainConfig):
@@ -21,7 +22,13 @@ def run(config: TrainConfig):
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m NLM.min_lm.scripts.train") -> int:
-    return run_command(TrainConfig, run, argv, prog, __doc__)
+    def run_to_the_end(config: TrainConfig):
+        # SIGINT/SIGTERM ask training to stop and save; once one has, later ones are ignored until the
+        # process exits: a signal during the final save or the exit cannot lose the checkpoint.
+        with stop_requests(then_ignore=True):
+            return run(config)
+
+    return run_command(TrainConfig, run_to_the_end, argv, prog, __doc__)
 
 
 if __name__ == "__main__":

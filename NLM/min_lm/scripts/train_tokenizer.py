@@ -16,9 +16,18 @@ from pathlib import Path
 
 from NLM.min_lm.args import arg, run_command
 from NLM.min_lm.errors import UserError
+from NLM.min_lm.fileio import check_output_file
 from NLM.min_lm.tokenization import END_OF_TEXT, BPETokenizer, train_bpe
 from NLM.min_lm.tokenization.bpe_trainer import merge_loop_in_use
-from NLM.min_lm.tokenization.documents import BadRecords, corpus_name, resolve_inputs
+from NLM.min_lm.tokenization.documents import (
+    BadRecords,
+    corpus_name,
+    file_format,
+    read_text_file,
+    resolve_inputs,
+)
+
+LONGEST_SHOWN = 60  # characters of the longest token printed (it can be megabytes of spaces)
 
 
 @dataclass
@@ -46,11 +55,15 @@ def run(config: TrainTokenizerConfig) -> tuple[Path, Path]:
     if config.num_workers is not None and config.num_workers < 1:
         raise UserError(f"--num_workers must be at least 1, got {config.num_workers}")
     output_dir = Path(config.output_dir)
-    if output_dir.exists() and not output_dir.is_dir():
-        raise UserError(f"--output_dir {output_dir} exists and is not a directory")
     files = resolve_inputs(config.input, "input")
     name = corpus_name(config.input)
     vocab_path, merges_path = output_dir / f"{name}_vocab.json", output_dir / f"{name}_merges.txt"
+    for path in (vocab_path, merges_path):  # before minutes of training, not after
+        check_output_file(path, "--output_dir")
+    for file in files:  # the same UTF-8 policy as tokenize: refuse, naming the offset (before training)
+        if file_format(file) in (None, "text"):
+            for _ in read_text_file(file):
+                pass
     bad_records = BadRecords(skip=config.skip_bad_records)
 
     start = time.perf_counter()
@@ -76,7 +89,9 @@ def run(config: TrainTokenizerConfig) -> tuple[Path, Path]:
     longest = max((token for token in vocab.values() if token not in specials), key=len)
     loop = merge_loop_in_use()
     print(f"trained in {seconds:.1f} s: {len(vocab)} tokens ({len(merges)} merges, {loop} merge loop)")
-    print(f"longest token: {longest.decode('utf-8', errors='replace')!r} ({len(longest)} bytes)")
+    shown = longest.decode("utf-8", errors="replace")
+    shown = repr(shown) if len(shown) <= LONGEST_SHOWN else f"{shown[:LONGEST_SHOWN]!r}..."
+    print(f"longest token: {shown} ({len(longest)} bytes)")
     print(f"wrote {vocab_path} and {merges_path}")
     return vocab_path, merges_path
 

@@ -25,7 +25,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from NLM.min_lm.errors import UserError
-from NLM.min_lm.fileio import atomic_path
+from NLM.min_lm.fileio import atomic_path, describe_os_error, make_dirs
 from NLM.min_lm.tokenization.documents import BadRecords, file_format, iter_texts
 from NLM.min_lm.tokenization.parallel import imap_bounded
 from NLM.min_lm.tokenization.tokenizer import END_OF_TEXT, BPETokenizer
@@ -95,15 +95,20 @@ def encode_file(tokenizer: BPETokenizer, pool: multiprocessing.pool.Pool | None,
     bar = tqdm(total=sum(p.stat().st_size for p in files), unit="B", unit_scale=True, desc=output_path.stem,
                disable=not progress)  # input bytes read, compressed or not
     blocks = tokenizer.split_for_encoding(iter_texts(files, text_field, bad_records, bar.update), BLOCK_CHARS)
-    output_path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryFile(dir=output_path.parent) as raw, bar:
-        num_tokens = num_bytes = 0
-        for ids, block_bytes in imap_bounded(pool, _encode_block, blocks, 2 * workers):
-            raw.write(ids.tobytes())
-            num_tokens += len(ids)
-            num_bytes += block_bytes
-        raw.seek(0)
-        write_npy(raw, dtype, num_tokens, output_path)
+    make_dirs(output_path.parent)
+    try:
+        with tempfile.TemporaryFile(dir=output_path.parent) as raw, bar:
+            num_tokens = num_bytes = 0
+            for ids, block_bytes in imap_bounded(pool, _encode_block, blocks, 2 * workers):
+                raw.write(ids.tobytes())
+                num_tokens += len(ids)
+                num_bytes += block_bytes
+            raw.seek(0)
+            write_npy(raw, dtype, num_tokens, output_path)
+    except OSError as e:
+        if e.filename is not None:  # about an input: the caller's to explain
+            raise
+        raise UserError(describe_os_error(output_path, e)) from None  # the unnamed buffer beside it
     input_path = files[0] if len(files) == 1 else Path(os.path.commonpath(files))
     return EncodedFile(input_path, output_path, num_tokens, num_bytes, time.perf_counter() - start, files,
                        bad_records)

@@ -27,6 +27,7 @@ The same steps run in C when the optional compiled core is built (`_encode_core.
 from __future__ import annotations
 
 import json
+import operator
 import os
 import re
 import sys
@@ -40,7 +41,7 @@ from pathlib import Path
 import regex
 
 from NLM.min_lm.errors import UserError
-from NLM.min_lm.fileio import atomic_path
+from NLM.min_lm.fileio import atomic_paths
 from NLM.min_lm.tokenization.native import native_module
 from NLM.min_lm.tokenization.pretokenize import GPT2_ASCII_REGEX, GPT2_REGEX, special_token_regex
 
@@ -193,9 +194,10 @@ class BPETokenizer:
         special_tokens: list[str] | None = None,
         native: bool | None = None,
     ) -> None:
+        _check_vocab(vocab)
         self.vocab: dict[int, bytes] = dict(vocab)
         self.merges: list[tuple[bytes, bytes]] = list(merges)
-        self.special_tokens: list[str] = list(dict.fromkeys(special_tokens or []))
+        self.special_tokens: list[str] = list(dict.fromkeys(_check_special_tokens(special_tokens)))
         if "" in self.special_tokens:
             raise ValueError("a special token cannot be the empty string")
 
@@ -287,15 +289,24 @@ class BPETokenizer:
         merges_path: str | os.PathLike,
         special_tokens: list[str] | None = None,
     ) -> BPETokenizer:
-        """Load GPT-2-format files (as written by `save`, or GPT-2's own vocab.json / merges.txt)."""
+        """Load GPT-2-format files (as written by `save`, or GPT-2's own vocab.json / merges.txt).
+
+        The two files must belong together (see `check_pair`); a vocab beside the merges of another
+        training is refused, naming both files.
+        """
+        special_tokens = _check_special_tokens(special_tokens)
         vocab = read_vocab_file(vocab_path)
-        merges = read_merges_file(merges_path, set(vocab.values()))
+        merges = read_merges_file(merges_path)
+        check_pair(vocab, merges, special_tokens, vocab_path, merges_path)
         return cls(vocab, merges, special_tokens)
 
     def save(self, vocab_path: str | os.PathLike, merges_path: str | os.PathLike) -> None:
-        """Write vocab.json and merges.txt in GPT-2's format (each file atomically)."""
-        write_vocab_file(vocab_path, self.vocab)
-        write_merges_file(merges_path, self.merges)
+        """Write vocab.json and merges.txt in GPT-2's format, as one unit: both are written in full
+        under temporary names before either is renamed into place, so a failure leaves the old pair."""
+        vocab_text, merges_text = vocab_json_text(self.vocab), merges_txt_text(self.merges)
+        with atomic_paths(vocab_path, merges_path) as (vocab_tmp, merges_tmp):
+            vocab_tmp.write_text(vocab_text, encoding="utf-8")
+            merges_tmp.write_text(merges_text, encoding="utf-8")
 
     # ---------------------------------------------------------------------------------- encode
 
@@ -440,9 +451,14 @@ class BPETokenizer:
     # ---------------------------------------------------------------------------------- decode
 
     def decode(self, ids: Iterable[int]) -> str:
-        """The text of `ids`; bytes that are not valid UTF-8 become U+FFFD."""
+        """The text of `ids` (ints, or a 1-D tensor / array of them); invalid UTF-8 becomes U+FFFD."""
+        if hasattr(ids, "tolist"):  # a tensor or array: its elements as Python ints (hashable by value)
+            ids = ids.tolist()
+            ids = [ids] if isinstance(ids, int) else ids
         try:
-            data = b"".join(map(self.vocab.__getitem__, ids))
+            data = b"".join(map(self.vocab.__getitem__, map(operator.index, ids)))
+        except TypeError as e:
+            raise TypeError(f"decode takes integer token ids: {e}") from None
         except KeyError as e:
             raise ValueError(f"cannot decode unknown token id {e.args[0]!r} "
                              f"(vocab size {len(self.vocab)})") from None
@@ -522,7 +538,7 @@ def merge_with_heap(
 # --------------------------------------------------------------------------------------------------
 
 
-def write_vocab_file(path: str | os.PathLike, vocab: dict[int, bytes]) -> None:
+def vocab_json_text(vocab: dict[int, bytes]) -> str:
     """vocab.json: a JSON object mapping each token's printable form to its id, in id order."""
     entries: dict[str, int] = {}
     for token_id, token in sorted(vocab.items()):
@@ -531,15 +547,85 @@ def write_vocab_file(path: str | os.PathLike, vocab: dict[int, bytes]) -> None:
             raise ValueError(f"tokens {entries[key]} and {token_id} have the same bytes {token!r}; "
                              "vocab.json cannot hold both")
         entries[key] = token_id
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(entries, ensure_ascii=False, indent=0) + "\n", encoding="utf-8")
+    return json.dumps(entries, ensure_ascii=False, indent=0) + "\n"
 
 
-def write_merges_file(path: str | os.PathLike, merges: list[tuple[bytes, bytes]]) -> None:
+def merges_txt_text(merges: list[tuple[bytes, bytes]]) -> str:
     """merges.txt: a `#version` line, then one merge per line: the two tokens' printable forms."""
     lines = ["#version: 0.2"] + [f"{to_printable(left)} {to_printable(right)}" for left, right in merges]
-    with atomic_path(path) as tmp:
-        tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return "\n".join(lines) + "\n"
+
+
+#: The largest token id: token files store ids as uint16 or uint32, and larger tables are absurd anyway.
+MAX_TOKEN_ID = 2**32 - 1
+
+
+def _check_vocab(vocab: dict[int, bytes]) -> None:
+    """The constructor's `vocab` argument: a mapping of int ids (in range) to bytes."""
+    if not isinstance(vocab, dict):
+        raise TypeError(f"vocab must be a dict of id -> token bytes, got {type(vocab).__name__}")
+    for token_id, token in vocab.items():
+        if type(token_id) is not int or not 0 <= token_id <= MAX_TOKEN_ID:
+            raise ValueError(f"vocab id {token_id!r} must be an int in [0, {MAX_TOKEN_ID}]")
+        if not isinstance(token, bytes):
+            raise TypeError(f"vocab[{token_id}] must be bytes, got {type(token).__name__}")
+
+
+def _check_special_tokens(special_tokens: object) -> list[str]:
+    """A list of strings; a bare string is refused (it would make each of its characters special)."""
+    if special_tokens is None:
+        return []
+    if isinstance(special_tokens, (str, bytes)) or not all(isinstance(t, str) for t in special_tokens):
+        raise TypeError(f"special_tokens must be a list of strings, e.g. [{special_tokens!r}], "
+                        f"got {special_tokens!r}")
+    return list(special_tokens)
+
+
+def check_pair(vocab: dict[int, bytes], merges: list[tuple[bytes, bytes]], special_tokens: list[str],
+               vocab_path: str | os.PathLike, merges_path: str | os.PathLike) -> None:
+    """Refuse a vocab and merges that come from different trainings, naming both files.
+
+    Each merge must join two vocab tokens into a third. And the converse: a multi-byte token that BPE
+    could make (it lies within one GPT-2 pre-token, or is not whole UTF-8) exists only because some merge
+    made it; if no merge does, the merges are from another training (say, an older one with a smaller
+    vocab). Tokens that span several pre-tokens (`<|endoftext|>`) can only be special tokens: allowed.
+    """
+    pair = f"{vocab_path} and {merges_path} do not belong together"
+    tokens = set(vocab.values())
+    made = set()
+    for rank, (left, right) in enumerate(merges):
+        for token in (left, right, left + right):
+            if token not in tokens:
+                raise UserError(f"{merges_path}:{_merge_line(merges_path, rank)}: token "
+                                f"{to_printable(token)!r} is not in the vocab {vocab_path} ({pair})")
+        made.add(left + right)
+    specials = {t.encode("utf-8") for t in special_tokens}
+    unmade = [t for t in tokens if len(t) > 1 and t not in made and t not in specials and _bpe_shaped(t)]
+    if unmade:
+        example = to_printable(min(unmade, key=lambda t: (len(t), t)))
+        raise UserError(f"{pair}: {len(unmade)} token(s) of the vocab (e.g. {example!r}) are made by no "
+                        f"merge ({len(merges)} merges, {len(vocab)} tokens)")
+
+
+def _bpe_shaped(token: bytes) -> bool:
+    """Whether merges could have made `token`: it is not whole UTF-8, or it is one GPT-2 pre-token."""
+    try:
+        text = token.decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    return GPT2_REGEX.findall(text) == [text]
+
+
+def _merge_line(merges_path: str | os.PathLike, rank: int) -> int:
+    """The line of merge `rank` in merges.txt (after an optional #version line and blank lines)."""
+    seen = -1
+    for lineno, line in enumerate(_read_text(Path(merges_path)).split("\n"), start=1):
+        line = line.rstrip("\r")
+        if line and not (lineno == 1 and line.startswith("#version")):
+            seen += 1
+            if seen == rank:
+                return lineno
+    return 0
 
 
 def _line_of(text: str, needle: str) -> str:
@@ -574,9 +660,9 @@ def read_vocab_file(path: str | os.PathLike) -> dict[int, bytes]:
         raise UserError(f"{path}: expected a JSON object mapping tokens to ids")
     vocab: dict[int, bytes] = {}
     for key, token_id in data.items():
-        if type(token_id) is not int or token_id < 0:
-            raise UserError(f"{where(key)}: id of token {key!r} must be a non-negative integer, "
-                            f"got {token_id!r}")
+        if type(token_id) is not int or not 0 <= token_id <= MAX_TOKEN_ID:
+            raise UserError(f"{where(key)}: id of token {key!r} must be an integer in [0, {MAX_TOKEN_ID}] "
+                            f"(token files hold at most 32-bit ids), got {token_id!r}")
         if token_id in vocab:
             raise UserError(f"{where(key)}: id {token_id} is used by two tokens")
         try:
@@ -588,15 +674,19 @@ def read_vocab_file(path: str | os.PathLike) -> dict[int, bytes]:
     return vocab
 
 
-def read_merges_file(path: str | os.PathLike, tokens: set[bytes] | None = None) -> list[tuple[bytes, bytes]]:
+def read_merges_file(path: str | os.PathLike) -> list[tuple[bytes, bytes]]:
     """Read merges.txt into (left, right) byte pairs; mistakes raise UserError naming file and line.
 
-    A first line starting with `#version` and blank lines are skipped. If `tokens` (the vocab's
-    token bytes) is given, both sides of each merge and their concatenation must be among them.
+    A first line starting with `#version` and blank lines are skipped. An empty file is refused: `save`
+    writes the `#version` line even when there are no merges, so an empty file is a truncated one.
     """
     path = Path(path)
+    text = _read_text(path)
+    if not text.strip():
+        raise UserError(f"{path}: the merges file is empty (a tokenizer without merges still has its "
+                        "'#version' line); was it cut short?")
     merges: list[tuple[bytes, bytes]] = []
-    for lineno, line in enumerate(_read_text(path).split("\n"), start=1):
+    for lineno, line in enumerate(text.split("\n"), start=1):
         line = line.rstrip("\r")
         if not line or (lineno == 1 and line.startswith("#version")):
             continue
@@ -608,10 +698,6 @@ def read_merges_file(path: str | os.PathLike, tokens: set[bytes] | None = None) 
         except KeyError as e:
             raise UserError(f"{path}:{lineno}: character {e.args[0]!r} (U+{ord(e.args[0]):04X}) is not in "
                             "GPT-2's byte-to-unicode alphabet") from None
-        if tokens is not None:
-            for token in (left, right, left + right):
-                if token not in tokens:
-                    raise UserError(f"{path}:{lineno}: token {to_printable(token)!r} is not in the vocab")
         merges.append((left, right))
     return merges
 

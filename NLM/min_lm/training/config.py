@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from NLM.min_lm.args import arg
+from NLM.min_lm.args import arg, check_fields
 from NLM.min_lm.errors import UserError
 from NLM.min_lm.options import ATTN_IMPLS, LR_SCHEDULES, OPTIMIZERS, RECIPE_NAMES, TRAIN_DTYPES
 
@@ -108,7 +108,7 @@ class TrainConfig:
     eval_iters: int = field(default=10, metadata=arg("validation batches per pass "
                                                              "(the same ones every time)"))
     log_interval: int = field(default=10, metadata=arg("iterations between training-loss log lines"))
-    seed: int = field(default=0, metadata=arg("seed for initialisation and batch sampling"))
+    seed: int = field(default=0, metadata=arg("seed for initialisation and batch sampling", low=0))
     run_dir: str | None = field(default=None, metadata=arg("where metrics.jsonl and loss.png go "
                                                            "(default: the checkpoint's directory)"))
     wandb_project: str | None = field(default=None, metadata=arg("also log to this Weights & Biases project"))
@@ -118,6 +118,8 @@ class TrainConfig:
                                                                        "goes beside it as <stem>_best.pt"))
     checkpoint_interval: int = field(default=250, metadata=arg("iterations between checkpoints"))
     resume: bool = field(default=False, metadata=arg("continue exactly from --checkpoint_path"))
+    overwrite: bool = field(default=False, metadata=arg("let a fresh run replace an earlier run's "
+                                                        "checkpoints and metrics in the same place"))
     init_from: str | None = field(default=None, metadata=arg("start from this checkpoint's weights only "
                                                              "(fine-tuning, e.g. after minlm import-hf)"))
     # machine
@@ -139,6 +141,7 @@ class TrainConfig:
         self._validate()
 
     def _validate(self) -> None:
+        check_fields(self)  # types, finiteness, 64-bit ints, declared ranges: for Python callers too
         positive = ("vocab_size", "context_length", "batch_size", "d_model", "num_layers", "num_heads",
                     "d_ff", "grad_accum_steps", "max_iters", "eval_interval", "eval_iters", "log_interval",
                     "checkpoint_interval")
@@ -182,6 +185,9 @@ class TrainConfig:
                             "--lr_max's schedule, scaled by --muon_lr / --lr_max")
         if self.dtype not in TRAIN_DTYPES:
             raise UserError(f"--dtype must be one of {', '.join(TRAIN_DTYPES)}, got {self.dtype!r}")
+        if self.resume and self.overwrite:
+            raise UserError("--resume and --overwrite exclude each other: resume continues the earlier run, "
+                            "overwrite replaces it")
         if self.resume and self.init_from is not None:
             raise UserError("--resume and --init_from exclude each other: resume continues a run, "
                             "init_from starts a new one from given weights")

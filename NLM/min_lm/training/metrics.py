@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from NLM.min_lm.errors import UserError
-from NLM.min_lm.fileio import atomic_path, atomic_write_text
+from NLM.min_lm.fileio import atomic_path, atomic_write_text, describe_os_error
 
 
 class MetricsLog:
@@ -33,8 +33,11 @@ class MetricsLog:
 
     def write(self, record: dict[str, Any]) -> None:
         self.records.append(record)
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        try:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as e:  # a full disk, say: one line naming the file, not "[Errno 28]"
+            raise UserError(describe_os_error(self.path, e)) from None
         if self.wandb_run is not None:
             self.wandb_run.log({k: v for k, v in record.items() if k != "iter"}, step=record["iter"])
 

@@ -21,7 +21,7 @@ import contextlib
 import dataclasses
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,13 @@ from NLM.min_lm.distributed import (
     wrap_model,
 )
 from NLM.min_lm.errors import UserError
+from NLM.min_lm.fileio import (
+    check_output_dir,
+    check_output_file,
+    directory_lock,
+    missing_dirs,
+    remove_stale_temps,
+)
 from NLM.min_lm.training.budget import budget_spent, effective_iteration
 from NLM.min_lm.training.config import TrainConfig
 from NLM.min_lm.training.data import BatchSampler, open_tokens, validation_starts
@@ -52,6 +59,7 @@ from NLM.min_lm.transformer import (
     save_checkpoint,
 )
 from NLM.min_lm.transformer.checkpoint import load_model_state, read_checkpoint, restore_checkpoint
+from NLM.min_lm.transformer.checkpoint_schema import TRAINING_STATE_KEYS
 from NLM.min_lm.transformer.optim import CombinedOptimizer, muon_with_adamw, set_lr
 from NLM.min_lm.transformer.utils import batch_windows, lr_at
 
@@ -75,7 +83,8 @@ def train(config: TrainConfig, *, loss_fn: LossFn = cross_entropy,
     """
     ctx, device = setup_distributed(config.device)
     try:
-        return Trainer(config, ctx, device, loss_fn=loss_fn, on_record=on_record, clock=clock).run()
+        with claim_outputs(config) if ctx.is_main else contextlib.nullcontext():
+            return Trainer(config, ctx, device, loss_fn=loss_fn, on_record=on_record, clock=clock).run()
     except UserError as e:
         if ctx.enabled:  # under torchrun every rank prints its own error: say whose it is
             e.args = (f"[rank {ctx.rank}] {e}",)
@@ -89,6 +98,38 @@ def make_optimizer(model: TransformerLM, c: TrainConfig) -> AdamW | CombinedOpti
     if c.optimizer == "muon":
         return muon_with_adamw(model, c.muon_lr, c.lr_max, c.betas, c.weight_decay)
     return AdamW(param_groups(model, c.weight_decay), lr=c.lr_max, betas=c.betas, weight_decay=c.weight_decay)
+
+
+@contextlib.contextmanager
+def claim_outputs(config: TrainConfig) -> Iterator[None]:
+    """Make sure the run's outputs can be written and are this run's alone, before any work is done.
+
+    The checkpoint's directory (and the run directory, if elsewhere) must take files, and no other run may
+    be using them: a second run on the same checkpoint would silently lose one run's checkpoints and
+    interleave two histories in metrics.jsonl. A fresh run does not replace an earlier run's files
+    (its *_best.pt may be better than anything this run will reach) unless asked to with --overwrite.
+    """
+    checkpoint = check_output_file(config.checkpoint_path, "--checkpoint_path")
+    run_path = check_output_dir(config.run_path, "--run_dir")
+    flags = {checkpoint.parent.resolve(): "--checkpoint_path", run_path.resolve(): "--run_dir"}
+    created = missing_dirs(checkpoint.parent) + missing_dirs(run_path)
+    try:
+        with contextlib.ExitStack() as locks:
+            for directory in sorted(flags):
+                locks.enter_context(directory_lock(directory, flags[directory]))
+            for output in (checkpoint, config.best_checkpoint_path, run_path / "loss.png"):
+                remove_stale_temps(output)  # left by writers killed outright: up to a checkpoint's size
+            earlier = [p for p in (checkpoint, config.best_checkpoint_path, run_path / "metrics.jsonl")
+                       if p.exists()]
+            if earlier and not config.resume and not config.overwrite:
+                raise UserError(f"{', '.join(map(str, earlier))}: an earlier run is there; --resume "
+                                "continues it, --overwrite replaces it (or choose another --checkpoint_path)")
+            yield
+    except BaseException:
+        for directory in sorted(set(created), key=lambda p: len(p.parts), reverse=True):
+            with contextlib.suppress(OSError):  # only if still empty: a failed run leaves nothing behind
+                directory.rmdir()
+        raise
 
 
 class Trainer:
@@ -215,7 +256,7 @@ class Trainer:
     def _init_weights(self, path: Path) -> None:
         """Fine-tuning: take the weights of `path`, start a fresh optimizer, schedule and iteration count."""
         saved = read_checkpoint(path)
-        if "model_config" not in saved:
+        if not saved.get("model_config"):
             raise UserError(f"--init_from: {path} stores no model config")
         self._check_shape(saved, path, "--init_from")
         load_model_state(self.model, saved["model"], path)
@@ -226,8 +267,11 @@ class Trainer:
         if not path.is_file():
             raise UserError(f"--resume: no checkpoint at {path} (--checkpoint_path)")
         saved = read_checkpoint(path)
-        if "sampler_state" not in saved:
-            raise UserError(f"--resume: {path} holds no training state (was it written by minlm train?)")
+        missing = [key for key in TRAINING_STATE_KEYS if key not in saved]
+        if missing or saved.get("optimizer") is None or not saved.get("model_config"):
+            raise UserError(f"--resume: {path} holds no complete training state (it lacks "
+                            f"{', '.join(missing) or 'optimizer or model_config'}; was it written by minlm "
+                            "train?)")
         self._check_shape(saved, path, "--resume")
         saved_optimizer = saved.get("train_config", {}).get("optimizer", "adamw")
         if saved_optimizer != self.config.optimizer:
@@ -258,27 +302,30 @@ class Trainer:
         self.last_log_iteration = self.iteration
         stopped_by = ""
         last = False
-        try:
-            with stop_requests() as stop, self._progress_bar() as self.bar:
-                while not last and not stopped_by:
-                    lr = self.learning_rate()
-                    loss = self.train_step(lr)
-                    self.iteration += 1
-                    self.bar.update()
-                    last = self.budget_spent()
-                    if self.iteration % c.log_interval == 0 or last:
-                        self.log_training(loss, lr)
-                    if self.iteration % c.eval_interval == 0 or last:
-                        self.validate()
-                    if self.iteration % c.checkpoint_interval == 0 or last:
-                        self.checkpoint()
-                    stopped_by = self._agreed_stop(stop)
-            if stopped_by and self.saved_iteration != self.iteration:
-                self.checkpoint()
-        finally:
-            if self.wandb_run is not None:
-                self.wandb_run.finish()
-        return self._finish(stopped_by)
+        # Signals stay routed to `stop` until the very end: a second Ctrl-C during the final save must
+        # not interrupt it (it would leave no checkpoint at all).
+        with stop_requests() as stop:
+            try:
+                with self._progress_bar() as self.bar:
+                    while not last and not stopped_by:
+                        lr = self.learning_rate()
+                        loss = self.train_step(lr)
+                        self.iteration += 1
+                        self.bar.update()
+                        last = self.budget_spent()
+                        if self.iteration % c.log_interval == 0 or last:
+                            self.log_training(loss, lr)
+                        if self.iteration % c.eval_interval == 0 or last:
+                            self.validate()
+                        if self.iteration % c.checkpoint_interval == 0 or last:
+                            self.checkpoint()
+                        stopped_by = self._agreed_stop(stop)
+                if stopped_by and self.saved_iteration != self.iteration:
+                    self.checkpoint()
+            finally:
+                if self.wandb_run is not None:
+                    self.wandb_run.finish()
+            return self._finish(stopped_by)
 
     def learning_rate(self) -> float:
         """The schedule at the run's progress: the larger of iteration/max_iters and time/budget."""
@@ -355,12 +402,10 @@ class Trainer:
         return self.elapsed_before + self.clock() - self.session_start
 
     def _open_metrics(self) -> MetricsLog | None:
-        """metrics.jsonl on process 0; a fresh run warns before it replaces an earlier run's files."""
+        """metrics.jsonl on process 0 (a fresh run replaces an earlier one only with --overwrite)."""
         c = self.config
         if not self.ctx.is_main:
             return None
-        if not c.resume and Path(c.checkpoint_path).exists():
-            self._say(f"note: replacing the earlier run in {c.checkpoint_path} (--resume would continue it)")
         return MetricsLog(c.run_path / "metrics.jsonl", resume_from=self.iteration if c.resume else None,
                           wandb_run=self.wandb_run)
 

@@ -28,6 +28,7 @@ from torch import nn
 
 from NLM.min_lm.errors import UserError
 from NLM.min_lm.fileio import atomic_path
+from NLM.min_lm.transformer.checkpoint_schema import model_config_from_dict, validate_checkpoint
 from NLM.min_lm.transformer.model import ModelConfig, TransformerLM
 
 RESERVED_KEYS = ("model", "optimizer", "iteration", "model_config", "rng")
@@ -104,12 +105,15 @@ def save_checkpoint(
         "rng": _rng_states(),
         **extra,
     }
-    with atomic_path(out) as tmp:
-        torch.save(checkpoint, tmp)
+    # through a Python file object, so that a full disk raises OSError(ENOSPC) in Python (where torch's own
+    # writer says only "unexpected pos"), which atomic_path reports with the path
+    with atomic_path(out) as tmp, open(tmp, "wb") as f:
+        torch.save(checkpoint, f)
 
 
 def read_checkpoint(src: str | os.PathLike) -> dict[str, Any]:
-    """Load a checkpoint dict on the CPU; a missing, truncated or foreign file raises UserError naming it."""
+    """Load a checkpoint dict on the CPU; a missing, truncated, foreign or malformed file (see
+    checkpoint_schema.py) raises UserError naming it."""
     if not os.path.isfile(src):
         raise UserError(f"checkpoint {src} does not exist")
     try:
@@ -122,8 +126,7 @@ def read_checkpoint(src: str | os.PathLike) -> dict[str, Any]:
             f"checkpoint {src} is truncated or not a min_lm checkpoint "
             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
         ) from e
-    if not isinstance(checkpoint, dict) or "model" not in checkpoint or "iteration" not in checkpoint:
-        raise UserError(f"checkpoint {src} is not a min_lm checkpoint (no 'model' / 'iteration' entries)")
+    validate_checkpoint(checkpoint, src)
     return checkpoint
 
 
@@ -166,7 +169,8 @@ def read_model_checkpoint(
     checkpoint = read_checkpoint(path)
     if not checkpoint.get("model_config"):
         raise UserError(f"checkpoint {path} has no model_config; it was not saved from a TransformerLM")
-    return ModelConfig(**checkpoint["model_config"]), clean_state_dict(checkpoint["model"]), checkpoint
+    config = model_config_from_dict(checkpoint["model_config"], path)
+    return config, clean_state_dict(checkpoint["model"]), checkpoint
 
 
 def load_model(

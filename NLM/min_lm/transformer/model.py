@@ -15,6 +15,7 @@ pass to save memory (`gradient_checkpointing`).
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import torch
@@ -40,6 +41,21 @@ class ModelConfig:
     norm_eps: float = 1e-5
     qk_norm: bool = False
     zero_init_proj: bool = False
+
+    def __post_init__(self) -> None:
+        """Refuse a config no model can have (it may come from a file: a checkpoint, a config.json)."""
+        for name in ("vocab_size", "context_length", "d_model", "num_layers", "num_heads", "d_ff"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("rope_theta", "norm_eps"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) \
+                    or value <= 0:
+                raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+        if self.d_model % self.num_heads or (self.d_model // self.num_heads) % 2:
+            raise ValueError(f"num_heads ({self.num_heads}) must divide d_model ({self.d_model}) into "
+                             "heads of even size (RoPE rotates pairs)")
 
 
 class TransformerBlock(nn.Module):

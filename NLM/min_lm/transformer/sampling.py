@@ -24,6 +24,7 @@ forward pass over the window, as it does without a cache.
 from __future__ import annotations
 
 import codecs
+import math
 from collections.abc import Callable, Iterable, Mapping
 
 import torch
@@ -68,7 +69,12 @@ def sample_next(
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     if temperature == 0:
         return logits.argmax(dim=-1)
-    logits = logits.float() / temperature  # sample in float32 even from a bf16 model
+    if not math.isfinite(temperature):
+        raise ValueError(f"temperature must be finite, got {temperature}")
+    # In float32 even from a bf16 model. The largest logit is subtracted first (softmax does not change),
+    # so dividing by a tiny temperature gives 0 and -inf, the limit it should, rather than inf - inf = NaN.
+    logits = logits.float()
+    logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
     if top_k is not None:
         logits = top_k_filter(logits, top_k)
     if top_p is not None:
@@ -152,7 +158,8 @@ def generate(
     prompt, single = _as_batch(prompt_ids, device)
     batch_size, prompt_len = prompt.shape
     total_len = prompt_len + max_new_tokens
-    ids = torch.empty(batch_size, total_len, dtype=torch.long, device=device)
+    # Room for the ids grows as they come (doubling), so a generous max_new_tokens costs nothing up front.
+    ids = torch.empty(batch_size, min(total_len, 2 * prompt_len + 256), dtype=torch.long, device=device)
     ids[:, :prompt_len] = prompt
     length = prompt_len
     finished = torch.zeros(batch_size, dtype=torch.bool, device=device)
@@ -172,6 +179,9 @@ def generate(
             if eos_id is not None:
                 token = token.masked_fill(finished, eos_id)
                 finished |= token == eos_id
+            if length == ids.shape[1]:
+                more = min(ids.shape[1], total_len - length)
+                ids = torch.cat([ids, ids.new_empty(batch_size, more)], dim=1)
             ids[:, length] = token
             length += 1
             if on_token is not None:
