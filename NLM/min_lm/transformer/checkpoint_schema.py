@@ -28,6 +28,14 @@ from NLM.min_lm.transformer.model import ModelConfig, TransformerLM
 TRAINING_STATE_KEYS = ("sampler_state", "best_val_loss", "elapsed")
 
 
+def _is_optimizer_state(state: object) -> bool:
+    """A torch optimizer's state dict, or CombinedOptimizer's list of them (--optimizer muon)."""
+    if isinstance(state, dict) and isinstance(state.get("optimizers"), list):
+        return all(map(_is_optimizer_state, state["optimizers"]))
+    return isinstance(state, dict) and isinstance(state.get("state"), dict) and isinstance(
+        state.get("param_groups"), list)
+
+
 def _real(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -48,9 +56,9 @@ def validate_checkpoint(checkpoint: Any, src: object) -> None:
     if not isinstance(iteration, int) or isinstance(iteration, bool) or iteration < 0:
         raise bad(f"'iteration' must be a non-negative integer, got {iteration!r}")
     optimizer = checkpoint.get("optimizer")
-    if optimizer is not None and not (isinstance(optimizer, dict) and isinstance(optimizer.get("state"), dict)
-                                      and isinstance(optimizer.get("param_groups"), list)):
-        raise bad("'optimizer' must be an optimizer state dict (with 'state' and 'param_groups') or None")
+    if optimizer is not None and not _is_optimizer_state(optimizer):
+        raise bad("'optimizer' must be an optimizer state dict (with 'state' and 'param_groups'), "
+                  "a list of them under 'optimizers' (Muon with AdamW), or None")
     if checkpoint.get("model_config") is not None:
         _check_shapes(model_config_from_dict(checkpoint["model_config"], src), model, bad)
     if "rng" in checkpoint:
