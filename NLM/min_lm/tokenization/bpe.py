@@ -5,7 +5,7 @@ tokenizer in `tokenizer.py` (cached encoding, streaming, GPT-2 file format); thi
 stable import path named in the API contract.
 """
 
-from NLM.min_lm.tokenization.tokenizer import BPETokenizer
 from NLM.min_lm.tokenization.bpe_trainer import train_bpe
+from NLM.min_lm.tokenization.tokenizer import BPETokenizer
 
 __all__ = ["BPETokenizer", "train_bpe"]

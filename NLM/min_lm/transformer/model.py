@@ -7,6 +7,12 @@
 The model code is free of training concerns; the only options are how attention is computed
 (`attn_impl`) and whether activations are recomputed in the backward pass to save memory
 (`gradient_checkpointing`). Neither changes the weights or the state-dict keys.
+
+Training asks for the loss instead of the logits, `model(ids, targets=targets)`: the output layer and the
+cross-entropy then run fused, chunk by chunk (`loss.py`), so the (tokens x vocab) logits are never stored.
+On a GPU that matmul runs against the output matrix padded to a multiple of 64 rows (50257 -> 50304 for
+GPT-2), which keeps the matrix units on full tiles; the padding exists only inside the loss, so the weights,
+checkpoints, exported files and the logits `generate` sees keep the true vocabulary size.
 """
 
 from __future__ import annotations
@@ -20,7 +26,11 @@ from torch.utils.checkpoint import checkpoint
 
 from .attention import MultiHeadSelfAttention
 from .kv_cache import KVCache, LayerKVCache
+from .loss import linear_cross_entropy, padded_size
 from .modules import Embedding, Linear, RMSNorm, SwiGLU
+
+# Pad the output matmul's vocabulary to a multiple of this on CUDA (on the CPU it does not pay).
+CUDA_VOCAB_MULTIPLE = 64
 
 
 @dataclass
@@ -147,12 +157,24 @@ class TransformerLM(nn.Module):
             dtype=dtype or weight.dtype,
         )
 
-    def forward(self, in_indices: Tensor, kv_cache: KVCache | None = None) -> Tensor:
+    def forward(
+        self, in_indices: Tensor, kv_cache: KVCache | None = None, *, targets: Tensor | None = None
+    ) -> Tensor:
         """in_indices: (batch, T) token ids -> logits (batch, T, vocab_size).
 
         Without a cache the tokens sit at positions 0..T-1. With one they continue after the
         `kv_cache.length` cached tokens, and the cache grows by T.
+        With `targets` (batch, T) the result is instead the mean cross-entropy of the logits against them,
+        computed by the fused loss without storing the logits (the module docstring says why).
         """
+        hidden = self.ln_final(self._residual_stream(in_indices, kv_cache))
+        if targets is None:
+            return self.lm_head(hidden)
+        padded = padded_size(self.config.vocab_size, CUDA_VOCAB_MULTIPLE) if hidden.is_cuda else None
+        return linear_cross_entropy(hidden, self.lm_head.weight, targets, padded_vocab=padded)
+
+    def _residual_stream(self, in_indices: Tensor, kv_cache: KVCache | None) -> Tensor:
+        """Embeddings through every block: (batch, T) ids -> (batch, T, d_model), before the final norm."""
         num_tokens = in_indices.shape[-1]
         start = 0 if kv_cache is None else kv_cache.length
         limit = self.config.context_length if kv_cache is None else kv_cache.max_len
@@ -173,4 +195,4 @@ class TransformerLM(nn.Module):
                 x = checkpoint(layer, x, positions, use_reentrant=False)
             else:
                 x = layer(x, positions, layer_cache)
-        return self.lm_head(self.ln_final(x))
+        return x
