@@ -28,7 +28,6 @@ import json
 import os
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import threading
 import time
@@ -37,6 +36,8 @@ from importlib.metadata import version
 from pathlib import Path
 
 from machine import machine_info
+
+from NLM.min_lm.corpus import stdlib_sources
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_bpe_train.json"
 SPECIAL = "<|endoftext|>"
@@ -158,9 +159,7 @@ def run_child(which: str, path: Path, vocab_size: int, workdir: Path) -> dict:
 
 def stdlib_corpus() -> bytes:
     """The standard library's .py files (no site-packages), sorted by path, joined by the special token."""
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    files = sorted(p for p in stdlib.rglob("*.py") if "site-packages" not in p.parts and p.is_file())
-    return SPECIAL.encode().join(p.read_bytes() for p in files)
+    return SPECIAL.encode().join(p.read_bytes() for p in stdlib_sources(include_tests=True, seed=None))
 
 
 def agreement(ours: list, theirs: list) -> dict:

@@ -15,10 +15,11 @@ machine may be shared; each row's MB/s is UTF-8 bytes of input per second.
 - one pass over all of the stdlib (~30 MB, `--long_mb`): a fresh tokenizer and tiktoken each encode
   it once, CPU time, best of `--long_repeats` (interleaved): how the caches fare on a large and
   diverse corpus.
-The `tokenize` command rows are wall time of `tokenize.run` on the same text written to a file
-(reading, encoding in `--workers` processes, writing the .npy; loading the tokenizer excluded),
-so they depend on how busy the machine is: the load average is printed and saved. Its "CPU" rows
-divide the bytes by the CPU seconds of the command and its worker processes (tokenizer load included).
+The `tokenize` command rows are wall time of `encode_files` (what `minlm tokenize` runs) on the same
+text written to a file (reading, encoding in `--workers` processes, writing the .npy; loading the
+tokenizer excluded), so they depend on how busy the machine is: the load average is printed and
+saved. Its "CPU" rows divide the bytes by the CPU seconds of the command and its worker processes
+(tokenizer load included).
 
     python benchmarks/bench_encode.py [--mb 5] [--repeats 3] [--workers 2] [--long_repeats 2]
 """
@@ -28,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sysconfig
 import tempfile
 import time
 from pathlib import Path
@@ -38,21 +38,20 @@ import regex
 import tiktoken
 from machine import machine_info
 
-from NLM.min_lm.scripts import tokenize
+from NLM.min_lm.corpus import stdlib_sources
+from NLM.min_lm.tokenization.encode_files import encode_files
 from NLM.min_lm.tokenization.pretokenize import GPT2_SPLIT_PATTERN
-from NLM.min_lm.tokenization.tokenizer import BPETokenizer
+from NLM.min_lm.tokenization.tokenizer import END_OF_TEXT, BPETokenizer
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_encode.json"
 DATA = Path(os.environ.get("MINLM_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-EOT = "<|endoftext|>"
+EOT = END_OF_TEXT
 
 
 def stdlib_text(num_bytes: int) -> tuple[str, int]:
     """The first `num_bytes` of the stdlib's .py files joined by <|endoftext|>; and the file count."""
-    root = Path(sysconfig.get_paths()["stdlib"])
-    files = sorted(p for p in root.rglob("*.py") if "site-packages" not in p.parts)
     parts, size = [], 0
-    for path in files:
+    for path in stdlib_sources(include_tests=True, seed=None):
         text = path.read_bytes().decode("utf-8", errors="replace")
         parts.append(text)
         size += len(text.encode("utf-8")) + len(EOT)
@@ -132,13 +131,12 @@ def main() -> None:
         input_path = Path(tmp) / "stdlib.txt"
         input_path.write_bytes(text.encode("utf-8"))
         for workers in sorted({1, args.workers}):
-            config = tokenize.TokenizeConfig(inputs=[str(input_path)], vocab_path=str(vocab_path),
-                                             merges_path=str(merges_path), output_dir=tmp,
-                                             workers=workers, progress=False)
             wall, cpu = [], []
             for _ in range(args.repeats):
                 before = os.times()
-                wall.append(tokenize.run(config)[0].seconds)
+                tokenizer = BPETokenizer.from_files(vocab_path, merges_path, [EOT])
+                output_path = Path(tmp) / "stdlib.npy"
+                wall.append(encode_files(tokenizer, [input_path], [output_path], workers)[0].seconds)
                 after = os.times()  # children's CPU counts once the pool's processes have exited
                 cpu.append(sum(after[i] - before[i] for i in range(4)))
             cli[f"tokenize_cli_{workers}_workers"] = num_bytes / 1e6 / min(wall)

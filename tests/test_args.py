@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from NLM.min_lm.args import arg, parse_config, run_command
 from NLM.min_lm.errors import UserError
-from NLM.min_lm.scripts.args import arg, parse_config, run_cli
 
 
 @dataclass
@@ -60,15 +60,14 @@ def test_bad_flag_value_is_one_line_exit_2(capsys):
     assert err.count("\n") == 0 and "--size" in err
 
 
-def test_run_cli_turns_user_errors_into_one_line(capsys):
-    def body():
-        raise UserError("data.txt: line 3: bad")
+def test_run_command_turns_user_errors_into_one_line(capsys):
+    def run(config):
+        raise UserError(f"{config.data}: line 3: bad")
 
-    assert run_cli(body) == 2
+    assert run_command(Demo, run, ["data.txt"], "demo", "") == 2
     assert capsys.readouterr().err == "error: data.txt: line 3: bad\n"
 
 
-def test_run_cli_exit_status_from_int_results_only():
-    assert run_cli(lambda: ["out/vocab.json"]) == 0
-    assert run_cli(lambda: None) == 0
-    assert run_cli(lambda: 3) == 3
+def test_run_command_exit_status_is_0_whatever_run_returns():
+    assert run_command(Demo, lambda config: ["out/vocab.json"], ["x"], "demo", "") == 0
+    assert run_command(Demo, lambda config: 3, ["x"], "demo", "") == 0

@@ -22,11 +22,11 @@ import pytest
 import torch
 from torch import nn
 
+from NLM.min_lm.device import resolve_device
 from NLM.min_lm.distributed import (
     DistContext,
     all_reduce_mean,
     context_from_env,
-    resolve_device,
     setup_distributed,
     sync_context,
     teardown,

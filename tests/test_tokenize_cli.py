@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from NLM.min_lm.scripts import tokenize
-from NLM.min_lm.tokenization.tokenizer import BPETokenizer
+from NLM.min_lm.tokenization import encode_files
+from NLM.min_lm.tokenization.tokenizer import END_OF_TEXT, BPETokenizer
 
-EOT = "<|endoftext|>"
+EOT = END_OF_TEXT
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +23,8 @@ def gpt2(data_dir) -> BPETokenizer:
 @pytest.fixture
 def small_blocks(monkeypatch):
     """Read 64 bytes and encode ~100 characters at a time, so small files span many blocks."""
-    monkeypatch.setattr(tokenize, "READ_BYTES", 64)
-    monkeypatch.setattr(tokenize, "BLOCK_CHARS", 100)
+    monkeypatch.setattr(encode_files, "READ_BYTES", 64)
+    monkeypatch.setattr(encode_files, "BLOCK_CHARS", 100)
 
 
 def _gpt2_args(data_dir, *inputs, out, **flags) -> list[str]:

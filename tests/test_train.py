@@ -12,10 +12,8 @@ from train_helpers import VOCAB, read_metrics, tiny_flags, train_losses, write_p
 
 from NLM.min_lm.errors import UserError
 from NLM.min_lm.training import TrainConfig, TrainingDiverged, train
-from NLM.min_lm.training import data as data_module
-from NLM.min_lm.training import metrics as metrics_module
-from NLM.min_lm.training import trainer as trainer_module
 from NLM.min_lm.training.data import BatchSampler, open_tokens, validation_starts
+from NLM.min_lm.transformer import cross_entropy
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -45,24 +43,19 @@ def test_learns_a_repeating_sequence(tmp_path):
     assert result.plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_resume_continues_exactly(tmp_path, tokens, monkeypatch):
+def test_resume_continues_exactly(tmp_path, tokens):
     """20 iterations straight == 10 iterations, stop (as Ctrl-C does), resume for 10 more: same losses."""
     straight = train(config(tmp_path / "a", tokens))
     straight_losses = train_losses(read_metrics(straight.metrics_path))
     assert sorted(straight_losses) == list(range(1, 21))
 
-    write = metrics_module.MetricsLog.write
-
-    def write_then_interrupt(self, record):
-        write(self, record)
+    def interrupt_at_10(record):
         if record["iter"] == 10 and "loss" in record:
             signal.raise_signal(signal.SIGINT)  # lands in the trainer's handler, as a real Ctrl-C would
 
-    monkeypatch.setattr(metrics_module.MetricsLog, "write", write_then_interrupt)
-    first = train(config(tmp_path / "b", tokens))
+    first = train(config(tmp_path / "b", tokens), on_record=interrupt_at_10)
     assert first.interrupted and first.iterations == 10
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
-    monkeypatch.setattr(metrics_module.MetricsLog, "write", write)
 
     second = train(config(tmp_path / "b", tokens, resume=True))
     assert second.iterations == 20 and not second.interrupted
@@ -89,14 +82,13 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path, tokens):
         assert acc_losses[it] == pytest.approx(big_losses[it], abs=1e-5)
 
 
-def test_nan_loss_stops_and_leaves_the_last_checkpoint_untouched(tmp_path, tokens, monkeypatch):
+def test_nan_loss_stops_and_leaves_the_last_checkpoint_untouched(tmp_path, tokens):
     cfg = config(tmp_path, tokens, checkpoint_interval=5, eval_interval=100, max_iters=100)
-    real_cross_entropy = trainer_module.cross_entropy
     calls = {"train": 0}
     on_disk = {}
 
     def poisoned(logits, targets):
-        loss = real_cross_entropy(logits, targets)
+        loss = cross_entropy(logits, targets)
         if torch.is_grad_enabled():
             calls["train"] += 1
             if calls["train"] >= 8:  # iteration 8: after the checkpoint of iteration 5
@@ -104,10 +96,9 @@ def test_nan_loss_stops_and_leaves_the_last_checkpoint_untouched(tmp_path, token
                 return loss * float("nan")
         return loss
 
-    monkeypatch.setattr(trainer_module, "cross_entropy", poisoned)
     expected = r"loss is nan at iteration 8 .*model\.pt still holds iteration 5"
     with pytest.raises(TrainingDiverged, match=expected):
-        train(cfg)
+        train(cfg, loss_fn=poisoned)
     assert open(cfg.checkpoint_path, "rb").read() == on_disk["bytes"]
     saved = torch.load(cfg.checkpoint_path, weights_only=False)
     assert saved["iteration"] == 5
@@ -126,16 +117,15 @@ def test_ids_outside_the_vocabulary_are_refused_before_training(tmp_path, tokens
     assert not (tmp_path / "run").exists()
 
 
-def test_id_check_scans_in_chunks(tmp_path, monkeypatch):
-    monkeypatch.setattr(data_module, "_CHUNK", 100)
+def test_id_check_scans_in_chunks(tmp_path):
     ids = np.arange(1000, dtype=np.int64) % 50
     ids[777] = -3
     np.save(tmp_path / "t.npy", ids)
     with pytest.raises(UserError, match="token id -3 at position 777"):
-        open_tokens(tmp_path / "t.npy", "--train_tokens", 50, 8)
+        open_tokens(tmp_path / "t.npy", "--train_tokens", 50, 8, chunk=100)
     ids[777] = 0
     np.save(tmp_path / "t.npy", ids)
-    tokens = open_tokens(tmp_path / "t.npy", "--train_tokens", 50, 8)
+    tokens = open_tokens(tmp_path / "t.npy", "--train_tokens", 50, 8, chunk=100)
     assert isinstance(tokens, np.memmap)  # mapped, not read into memory
 
 
@@ -195,10 +185,26 @@ def test_config_validation_names_the_flag(tmp_path, tokens):
 
 def test_resume_refuses_a_checkpoint_of_another_shape(tmp_path, tokens):
     train(config(tmp_path, tokens, max_iters=2))
-    with pytest.raises(UserError, match="--resume: .*model.pt has d_model 32, but --d_model is 64"):
+    with pytest.raises(UserError, match="--resume: .*model.pt has d_model 32, d_ff 128, "
+                                        "but the flags give --d_model 64, --d_ff 192$"):
         train(config(tmp_path, tokens, max_iters=4, d_model=64, resume=True))
     with pytest.raises(UserError, match="already at iteration 2; raise --max_iters"):
         train(config(tmp_path, tokens, max_iters=2, resume=True))
+
+
+def test_resume_refuses_another_rope_theta(tmp_path, tokens):
+    """RoPE's base is not in the state dict: only the stored ModelConfig can tell that it changed."""
+    train(config(tmp_path, tokens, max_iters=2))
+    saved = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
+    assert saved["model_config"]["rope_theta"] == 10_000.0
+    with pytest.raises(UserError, match=r"--resume: .*model.pt has rope_theta 10000.0, "
+                                        r"but the flags give --rope_theta 5.0$"):
+        train(config(tmp_path, tokens, max_iters=4, rope_theta=5.0, resume=True))
+    with pytest.raises(UserError, match=r"has num_layers 2, rope_theta 10000.0, norm_eps 1e-05, but the "
+                                        r"flags give --num_layers 3, --rope_theta 5.0, --norm_eps 1e-06$"):
+        train(config(tmp_path, tokens, max_iters=4, num_layers=3, rope_theta=5.0, norm_eps=1e-6, resume=True))
+    after = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
+    assert after["model_config"]["rope_theta"] == 10_000.0 and after["iteration"] == 2
 
 
 def test_bfloat16_autocast_keeps_float32_weights(tmp_path, tokens):
@@ -240,7 +246,8 @@ def test_init_from_starts_a_new_run_from_given_weights(tmp_path, tokens):
     tuned = torch.load(result.checkpoint_path, weights_only=True)
     assert tuned["iteration"] == 1
     assert all(torch.equal(tuned["model"][k], v) for k, v in weights.items())
-    with pytest.raises(UserError, match="--init_from: .*model.pt has d_model 32, but --d_model is 64"):
+    with pytest.raises(UserError, match="--init_from: .*model.pt has d_model 32, d_ff 128, "
+                                        "but the flags give --d_model 64, --d_ff 192$"):
         train(config(tmp_path / "bad", tokens, init_from=str(source.checkpoint_path), d_model=64))
     with pytest.raises(UserError, match="exclude each other"):
         config(tmp_path, tokens, init_from=str(source.checkpoint_path), resume=True)

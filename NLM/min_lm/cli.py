@@ -12,9 +12,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tokenize": ("tokenize", "encode text files into .npy token arrays"),
     "train": ("train", "train a Transformer LM on .npy token arrays"),
     "generate": ("generate", "sample text from a checkpoint"),
-    "export": ("export_hf", "export a checkpoint + tokenizer to a Hugging Face directory"),
+    "export-hf": ("export_hf", "export a checkpoint + tokenizer to a Hugging Face directory"),
     "import-hf": ("import_hf", "import a Llama-shaped Hugging Face model as a checkpoint"),
 }
+# earlier names that keep working (not listed in the usage)
+ALIASES = {"export": "export-hf"}
 
 
 def _usage() -> str:
@@ -29,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0
-    name, rest = argv[0], argv[1:]
+    name, rest = ALIASES.get(argv[0], argv[0]), argv[1:]
     if name not in COMMANDS:
         print(f"minlm: error: unknown command {name!r}; choose from {', '.join(COMMANDS)}", file=sys.stderr)
         return 2

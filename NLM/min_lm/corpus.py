@@ -23,8 +23,8 @@ from tqdm.auto import tqdm
 
 from NLM.min_lm.errors import UserError
 from NLM.min_lm.fileio import atomic_write_text
+from NLM.min_lm.tokenization import END_OF_TEXT
 
-EOS = "<|endoftext|>"
 TEST_DIRS = {"test", "tests", "idle_test"}
 
 
@@ -32,15 +32,18 @@ def stdlib_root() -> Path:
     return Path(sysconfig.get_paths()["stdlib"])
 
 
-def stdlib_sources(include_tests: bool = False, seed: int = 0) -> list[Path]:
-    """The standard library's .py files, in a fixed pseudo-random order.
+def stdlib_sources(include_tests: bool = False, seed: int | None = 0) -> list[Path]:
+    """The standard library's .py files, in a fixed pseudo-random order (sorted by path if `seed` is None).
 
     Sorting first makes the list independent of the file system's order; the seeded shuffle then
     spreads a size-capped prefix over the whole library instead of its alphabetically first packages.
+    The benchmarks read the sorted list, so their corpus stays the same from run to run.
     """
     root = stdlib_root()
     files = []
     for path in root.rglob("*.py"):
+        if not path.is_file():
+            continue
         parts = path.relative_to(root).parts
         if "site-packages" in parts or "dist-packages" in parts:
             continue
@@ -48,7 +51,8 @@ def stdlib_sources(include_tests: bool = False, seed: int = 0) -> list[Path]:
             continue
         files.append(path)
     files.sort(key=lambda p: p.relative_to(root).as_posix())
-    random.Random(seed).shuffle(files)
+    if seed is not None:
+        random.Random(seed).shuffle(files)
     return files
 
 
@@ -95,17 +99,17 @@ def read_documents(paths: Iterable[Path], max_bytes: int, *, skip_undecodable: b
 
 
 def split_train_valid(documents: list[str], valid_fraction: float = 0.05) -> tuple[str, str]:
-    """Join the documents with EOS and hold out the last `valid_fraction` of the text.
+    """Join the documents with the end-of-text token and hold out the last `valid_fraction` of the text.
 
     The cut goes at the first document boundary after that point (the separator itself is dropped),
     else at the first line break after it, so that validation starts at the start of a document or
     line whenever the text allows.
     """
-    text = EOS.join(documents)
+    text = END_OF_TEXT.join(documents)
     target = int(len(text) * (1 - valid_fraction))
-    boundary = text.find(EOS, target)
-    if boundary != -1 and text[boundary + len(EOS) :].strip():
-        return text[:boundary], text[boundary + len(EOS) :]
+    boundary = text.find(END_OF_TEXT, target)
+    if boundary != -1 and text[boundary + len(END_OF_TEXT) :].strip():
+        return text[:boundary], text[boundary + len(END_OF_TEXT) :]
     newline = text.find("\n", target)
     cut = newline + 1 if newline != -1 and text[newline + 1 :].strip() else target
     return text[:cut], text[cut:]

@@ -29,6 +29,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from NLM.min_lm.device import resolve_device
 from NLM.min_lm.errors import UserError
 
 # The variables torchrun sets for every rank; all three or none.
@@ -94,47 +95,6 @@ def context_from_env(env: Mapping[str, str]) -> DistContext:
                 "launch with torchrun, which sets where the ranks meet"
             )
     return DistContext(rank=rank, local_rank=local_rank, world_size=world_size)
-
-
-def resolve_device(device: str, ctx: DistContext) -> torch.device:
-    """Turn the `--device` string into this rank's device.
-
-    "auto" picks CUDA, then Apple's MPS, then the CPU. Under several ranks each one takes the GPU
-    `cuda:{LOCAL_RANK}`, so `--device cuda` (or auto) is all a user writes.
-    """
-    if device == "auto":
-        if torch.cuda.is_available():
-            device = "cuda"
-        elif torch.backends.mps.is_available():
-            device = "mps"
-        else:
-            device = "cpu"
-    try:
-        resolved = torch.device(device)
-    except RuntimeError:
-        raise UserError(f"--device {device!r} is not a device (try auto, cpu, cuda, cuda:1 or mps)") from None
-    if resolved.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError(f"--device {device} requested but CUDA is not available on this machine")
-        if ctx.enabled:
-            if resolved.index is not None:
-                raise UserError(
-                    f"--device {device}: under torchrun each rank uses cuda:LOCAL_RANK; pass --device cuda"
-                )
-            resolved = torch.device("cuda", ctx.local_rank)
-        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
-            raise UserError(
-                f"device {resolved} requested but this machine has {torch.cuda.device_count()} GPU(s)"
-                + (" (more processes per node than GPUs?)" if ctx.enabled else "")
-            )
-    elif resolved.type == "mps":
-        if not torch.backends.mps.is_available():
-            raise UserError(f"--device {device} requested but MPS is not available on this machine")
-        if ctx.enabled:
-            raise UserError("training on several ranks needs --device cuda or cpu (MPS has no backend)")
-    elif resolved.type != "cpu":
-        raise UserError(f"--device {device}: min_lm trains on cpu, cuda or mps")
-    return resolved
 
 
 def setup_distributed(device: str) -> tuple[DistContext, torch.device]:

@@ -25,11 +25,10 @@ import torch
 from NLM.min_lm.errors import UserError
 from NLM.min_lm.hf.llama import from_llama_config, from_llama_weights, to_llama_config, to_llama_weights
 from NLM.min_lm.hf.tokenizer_json import byte_level_bpe_from_tokenizer_json, tokenizer_json
-from NLM.min_lm.tokenization import BPETokenizer
+from NLM.min_lm.options import DTYPES
+from NLM.min_lm.tokenization import END_OF_TEXT, BPETokenizer, load_tokenizer
 from NLM.min_lm.transformer import ModelConfig, TransformerLM, save_checkpoint
-from NLM.min_lm.transformer.checkpoint import clean_state_dict, read_checkpoint
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from NLM.min_lm.transformer.checkpoint import read_model_checkpoint
 
 
 def _safetensors():
@@ -68,11 +67,7 @@ def _model_with_weights(config: ModelConfig, state: dict[str, torch.Tensor], sou
 
 def _read_min_lm_checkpoint(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     """The model config and weights of a min_lm checkpoint, checked against each other."""
-    checkpoint = read_checkpoint(path)
-    if not checkpoint.get("model_config"):
-        raise UserError(f"checkpoint {path} has no model_config; it was not saved from a TransformerLM")
-    config = ModelConfig(**checkpoint["model_config"])
-    state = clean_state_dict(checkpoint["model"])
+    config, state, _ = read_model_checkpoint(path)
     _model_with_weights(config, state, f"checkpoint {path}")
     return config, state
 
@@ -151,16 +146,15 @@ def export_hf(
     """
     out = Path(out)
     _check_empty_target(out, force)
-    special_tokens = ["<|endoftext|>"] if special_tokens is None else list(special_tokens)
+    special_tokens = [END_OF_TEXT] if special_tokens is None else list(special_tokens)
     save_file = _safetensors().save_file
 
     config, state = _read_min_lm_checkpoint(checkpoint)
     if dtype is not None:
-        state = {name: tensor.to(DTYPES[dtype]) for name, tensor in state.items()}
-    try:
-        tokenizer = BPETokenizer.from_files(vocab_path, merges_path, special_tokens=special_tokens)
-    except ValueError as e:  # a vocab without all 256 bytes, a merge of unknown tokens, ...
-        raise UserError(f"{vocab_path} / {merges_path}: {e}") from None
+        if dtype not in DTYPES:
+            raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        state = {name: tensor.to(getattr(torch, dtype)) for name, tensor in state.items()}
+    tokenizer = load_tokenizer(vocab_path, merges_path, special_tokens)
     # A model may have more embeddings than the tokenizer has tokens (a padded vocab), never fewer.
     largest_id = max(tokenizer.vocab)
     if largest_id >= config.vocab_size:

@@ -35,6 +35,18 @@ OTHER_WEIGHTS = {
     "lm_head.weight": "lm_head.weight",
 }
 ROTATED = ("attn.q_proj.weight", "attn.k_proj.weight")
+# Our ModelConfig field -> the Llama config.json field that means the same; used in both directions.
+# (RoPE's base has two spellings in config.json and is handled by `_rope_theta`.)
+CONFIG_FIELDS = {
+    "vocab_size": "vocab_size",
+    "context_length": "max_position_embeddings",
+    "d_model": "hidden_size",
+    "num_layers": "num_hidden_layers",
+    "num_heads": "num_attention_heads",
+    "d_ff": "intermediate_size",
+    "norm_eps": "rms_norm_eps",
+}
+RMS_NORM_EPS_DEFAULT = 1e-6  # transformers' LlamaConfig default, for a config.json that leaves it out
 
 
 def weight_names(num_layers: int) -> dict[str, str]:
@@ -115,16 +127,10 @@ def to_llama_config(
     return {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
-        "vocab_size": config.vocab_size,
-        "hidden_size": config.d_model,
-        "intermediate_size": config.d_ff,
-        "num_hidden_layers": config.num_layers,
-        "num_attention_heads": config.num_heads,
+        **{theirs: getattr(config, ours) for ours, theirs in CONFIG_FIELDS.items()},
         "num_key_value_heads": config.num_heads,
         "head_dim": config.d_model // config.num_heads,
-        "max_position_embeddings": config.context_length,
         "hidden_act": "silu",
-        "rms_norm_eps": config.norm_eps,
         "rope_theta": config.rope_theta,
         "rope_scaling": None,
         "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},
@@ -171,21 +177,15 @@ def from_llama_config(hf: dict[str, Any], source: str) -> tuple[ModelConfig, boo
         if value != wanted:
             raise UserError(f"{source}: {field} is {value!r}; min_lm needs {wanted!r}")
 
-    try:
-        heads = int(hf["num_attention_heads"])
-        d_model = int(hf["hidden_size"])
-        config = ModelConfig(
-            vocab_size=int(hf["vocab_size"]),
-            context_length=int(hf["max_position_embeddings"]),
-            d_model=d_model,
-            num_layers=int(hf["num_hidden_layers"]),
-            num_heads=heads,
-            d_ff=int(hf["intermediate_size"]),
-            rope_theta=_rope_theta(hf, source),
-            norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-        )
-    except KeyError as e:
-        raise UserError(f"{source}: missing field {e.args[0]!r}") from None
+    hf = {"rms_norm_eps": RMS_NORM_EPS_DEFAULT, **hf}
+    missing = [theirs for theirs in CONFIG_FIELDS.values() if theirs not in hf]
+    if missing:
+        raise UserError(f"{source}: missing field {missing[0]!r}")
+    # every field is an int but the norm's epsilon
+    values = {ours: (float if ours == "norm_eps" else int)(hf[theirs])
+              for ours, theirs in CONFIG_FIELDS.items()}
+    config = ModelConfig(**values, rope_theta=_rope_theta(hf, source))
+    heads, d_model = config.num_heads, config.d_model
     expect("num_key_value_heads", heads, heads)  # grouped-query attention does not fit
     expect("head_dim", d_model // heads, d_model // heads)
     expect("hidden_act", "silu", "silu")

@@ -10,8 +10,9 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
-from NLM.min_lm.hf import export_hf
-from NLM.min_lm.scripts.args import arg, parse_config, run_cli
+from NLM.min_lm.args import arg, run_command
+from NLM.min_lm.options import DTYPES
+from NLM.min_lm.tokenization import END_OF_TEXT
 
 
 @dataclass
@@ -21,19 +22,21 @@ class ExportConfig:
     merges_path: str = field(metadata=arg("merges.txt of that tokenizer"))
     out: str = field(metadata=arg("directory to write (must be absent or empty unless --force)"))
     special_tokens: list[str] = field(
-        default_factory=lambda: ["<|endoftext|>"],
+        default_factory=lambda: [END_OF_TEXT],
         metadata=arg("special tokens of the tokenizer; the first is BOS/EOS"),
     )
     dtype: str | None = field(
         default=None,
         metadata=arg("store weights in this dtype (default: as in the checkpoint)",
-                     choices=["float32", "bfloat16", "float16"]),
+                     choices=DTYPES),
     )
     force: bool = field(default=False, metadata=arg("replace a non-empty --out directory"))
 
 
 def run(config: ExportConfig) -> str:
     """Write the directory and return its path."""
+    from NLM.min_lm.hf import export_hf  # torch is imported only when the command runs, not for --help
+
     out = export_hf(
         config.checkpoint,
         config.vocab_path,
@@ -48,9 +51,7 @@ def run(config: ExportConfig) -> str:
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m NLM.min_lm.scripts.export_hf") -> int:
-    config = parse_config(ExportConfig, argv, prog, __doc__)
-    # run() returns the written path for library callers; the command's exit status is 0.
-    return run_cli(lambda: run(config))
+    return run_command(ExportConfig, run, argv, prog, __doc__)
 
 
 if __name__ == "__main__":

@@ -13,16 +13,9 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
-import torch
-
-from NLM.min_lm.distributed import DistContext, resolve_device
+from NLM.min_lm.args import arg, run_command
 from NLM.min_lm.errors import UserError
-from NLM.min_lm.scripts.args import arg, parse_config, run_cli
-from NLM.min_lm.tokenization import BPETokenizer
-from NLM.min_lm.transformer import TransformerLM, load_model
-from NLM.min_lm.transformer.sampling import TextStream, generate
-
-EOS_TOKEN = "<|endoftext|>"
+from NLM.min_lm.tokenization import END_OF_TEXT, load_tokenizer
 
 
 @dataclass
@@ -40,7 +33,7 @@ class GenerateConfig:
     num_samples: int = field(default=1, metadata=arg("independent samples, generated as one batch"))
     device: str = field(default="auto", metadata=arg("auto (cuda, then mps, then cpu), cpu, cuda, "
                                                      "cuda:N or mps"))
-    special_tokens: list[str] = field(default_factory=lambda: [EOS_TOKEN],
+    special_tokens: list[str] = field(default_factory=lambda: [END_OF_TEXT],
                                       metadata=arg("the tokenizer's special tokens"))
 
     def __post_init__(self) -> None:
@@ -58,28 +51,6 @@ class GenerateConfig:
             raise UserError(f"--num_samples must be at least 1, got {self.num_samples}")
 
 
-def load_tokenizer(vocab_path: str, merges_path: str, special_tokens: list[str]) -> BPETokenizer:
-    """The tokenizer from its two files; files that do not belong together are a user error."""
-    try:
-        return BPETokenizer.from_files(vocab_path, merges_path, special_tokens)
-    except (ValueError, KeyError) as e:
-        if isinstance(e, UserError):
-            raise
-        raise UserError(f"{vocab_path} / {merges_path}: not a matching vocab and merges pair ({e})") from None
-
-
-def check_vocab_sizes(tokenizer: BPETokenizer, model: TransformerLM, config: GenerateConfig) -> None:
-    """A model may have more rows than its tokenizer has tokens (a padded vocabulary, or --vocab_size set
-    above what the tokenizer reached); generation then samples only the tokenizer's ids. Fewer rows means
-    the tokenizer was not the model's."""
-    if len(tokenizer) > model.config.vocab_size:
-        raise UserError(
-            f"the tokenizer ({config.vocab_path}: {len(tokenizer)} tokens with special tokens "
-            f"{config.special_tokens}) does not match the model ({config.checkpoint}: vocab_size "
-            f"{model.config.vocab_size}); use the tokenizer the model was trained with"
-        )
-
-
 def _write(text: str) -> None:
     sys.stdout.write(text)
     sys.stdout.flush()
@@ -87,37 +58,25 @@ def _write(text: str) -> None:
 
 def run(config: GenerateConfig) -> list[str]:
     """Generate `num_samples` continuations of the prompt; print them and return them (prompt included)."""
-    tokenizer = load_tokenizer(config.vocab_path, config.merges_path, config.special_tokens)
-    device = resolve_device(config.device, DistContext())
-    model, _ = load_model(config.checkpoint, device)
-    check_vocab_sizes(tokenizer, model, config)
-    eos_id = tokenizer.encode(EOS_TOKEN)[0] if EOS_TOKEN in config.special_tokens else None
-    prompt_ids = tokenizer.encode(config.prompt)
+    import torch  # imported only when the command runs, so --help answers at once
 
-    generator = torch.Generator(device)
+    from NLM.min_lm.generation import load_model_for, sample_texts
+
+    tokenizer = load_tokenizer(config.vocab_path, config.merges_path, config.special_tokens)
+    model = load_model_for(tokenizer, config.checkpoint, config.device, f"the tokenizer {config.vocab_path}")
+    generator = torch.Generator(next(model.parameters()).device)
     if config.seed is None:
         generator.seed()  # fresh randomness on every run
     else:
         generator.manual_seed(config.seed)
-
-    on_token = None
-    if config.num_samples == 1:  # stream one sample token by token; a batch is printed when done
-        stream = TextStream(tokenizer.vocab)
+    streaming = config.num_samples == 1  # one sample is printed token by token, a batch when done
+    if streaming:
         _write(config.prompt)
-        on_token = lambda ids: _write(stream.push(id_ for id_ in ids if id_ != eos_id))  # noqa: E731
-
-    prompt = torch.tensor([prompt_ids] * config.num_samples, dtype=torch.long)
-    ids = generate(model, prompt, config.max_tokens, config.temperature, config.top_p, config.top_k,
-                   eos_id, generator=generator, on_token=on_token, vocab_limit=len(tokenizer))
-
-    texts = []
-    for row in ids.tolist():
-        new = row[len(prompt_ids):]
-        if eos_id in new:
-            new = new[: new.index(eos_id)]
-        texts.append(config.prompt + tokenizer.decode(new))
-    if config.num_samples == 1:
-        _write(stream.flush() + "\n")
+    texts = sample_texts(model, tokenizer, config.prompt, config.num_samples, config.max_tokens,
+                         config.temperature, config.top_p, config.top_k, generator=generator,
+                         on_text=_write if streaming else None)
+    if streaming:
+        _write("\n")
     else:
         for i, text in enumerate(texts, 1):
             _write(f"--- sample {i} of {config.num_samples} ---\n{text}\n")
@@ -125,9 +84,7 @@ def run(config: GenerateConfig) -> list[str]:
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m NLM.min_lm.scripts.generate") -> int:
-    config = parse_config(GenerateConfig, argv, prog, __doc__)
-    # run() returns the texts for library callers; the command's exit status is 0.
-    return run_cli(lambda: run(config))
+    return run_command(GenerateConfig, run, argv, prog, __doc__)
 
 
 if __name__ == "__main__":

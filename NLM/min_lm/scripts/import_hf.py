@@ -10,8 +10,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
-from NLM.min_lm.hf import import_hf
-from NLM.min_lm.scripts.args import arg, parse_config, run_cli
+from NLM.min_lm.args import arg, run_command
 
 
 @dataclass
@@ -26,15 +25,15 @@ class ImportConfig:
 
 def run(config: ImportConfig) -> str:
     """Write the checkpoint (and tokenizer files) and return the checkpoint's path."""
+    from NLM.min_lm.hf import import_hf  # torch is imported only when the command runs, not for --help
+
     out = import_hf(config.hf_dir, config.out, vocab_path=config.vocab_path, merges_path=config.merges_path)
     print(f"wrote {out}" + (f", {config.vocab_path} and {config.merges_path}" if config.vocab_path else ""))
     return str(out)
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m NLM.min_lm.scripts.import_hf") -> int:
-    config = parse_config(ImportConfig, argv, prog, __doc__)
-    # run() returns the written path for library callers; the command's exit status is 0.
-    return run_cli(lambda: run(config))
+    return run_command(ImportConfig, run, argv, prog, __doc__)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from NLM.min_lm.scripts.args import parse_config, run_cli
+from NLM.min_lm.args import run_command
 from NLM.min_lm.training.config import TrainConfig
 
 
@@ -20,11 +20,7 @@ def run(config: TrainConfig):
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m NLM.min_lm.scripts.train") -> int:
-    def body() -> int:
-        run(parse_config(TrainConfig, argv, prog, __doc__))
-        return 0
-
-    return run_cli(body)
+    return run_command(TrainConfig, run, argv, prog, __doc__)
 
 
 if __name__ == "__main__":

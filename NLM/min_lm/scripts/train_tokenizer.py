@@ -12,9 +12,9 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from NLM.min_lm.args import arg, run_command
 from NLM.min_lm.errors import UserError
-from NLM.min_lm.scripts.args import arg, parse_config, run_cli
-from NLM.min_lm.tokenization import BPETokenizer, train_bpe
+from NLM.min_lm.tokenization import END_OF_TEXT, BPETokenizer, train_bpe
 
 
 @dataclass
@@ -23,7 +23,7 @@ class TrainTokenizerConfig:
     vocab_size: int = field(default=10_000, metadata=arg("tokens in the vocabulary, special tokens included"))
     output_dir: str = field(default="tokenizers", metadata=arg("folder for the vocab and merges files"))
     special_tokens: list[str] = field(
-        default_factory=lambda: ["<|endoftext|>"],
+        default_factory=lambda: [END_OF_TEXT],
         metadata=arg("special tokens, never split or merged (give the flag alone for none)"),
     )
     num_workers: int | None = field(
@@ -66,9 +66,7 @@ def run(config: TrainTokenizerConfig) -> tuple[Path, Path]:
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m NLM.min_lm.scripts.train_tokenizer") -> int:
-    config = parse_config(TrainTokenizerConfig, argv, prog, __doc__)
-    # run() returns the written paths for library callers; the command's exit status is 0.
-    return run_cli(lambda: run(config))
+    return run_command(TrainTokenizerConfig, run, argv, prog, __doc__)
 
 
 if __name__ == "__main__":

@@ -123,6 +123,9 @@ WHITESPACE = "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f
 # the same way on its own.
 _CHUNK_RE = re.compile(f"[{WHITESPACE}]?[^{WHITESPACE}]+|[{WHITESPACE}]+(?![^{WHITESPACE}])")
 
+# GPT-2's document separator: the special token every min_lm command uses unless told otherwise.
+END_OF_TEXT = "<|endoftext|>"
+
 # The last place where non-whitespace meets whitespace, a safe place to cut a stream: searching
 # backwards from the end, `match.end()` is that place.
 _LAST_WORD_END_RE = regex.compile(r"\S(?=\s)", flags=regex.REVERSE)
@@ -369,6 +372,18 @@ class BPETokenizer:
     def __repr__(self) -> str:
         return (f"BPETokenizer(vocab={len(self.vocab)}, merges={len(self.merges)}, "
                 f"special_tokens={self.special_tokens})")
+
+
+def load_tokenizer(vocab_path: str | os.PathLike, merges_path: str | os.PathLike,
+                   special_tokens: list[str] | None = None) -> BPETokenizer:
+    """`BPETokenizer.from_files`, for commands: files that parse but do not form one byte-level BPE
+    tokenizer (a vocab without all 256 bytes, a merge of unknown tokens) are a UserError naming both."""
+    try:
+        return BPETokenizer.from_files(vocab_path, merges_path, special_tokens)
+    except UserError:
+        raise
+    except (ValueError, KeyError) as e:
+        raise UserError(f"{vocab_path} / {merges_path}: not a matching vocab and merges pair ({e})") from None
 
 
 # --------------------------------------------------------------------------------------------------

@@ -13,13 +13,15 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from NLM.min_lm.args import arg
 from NLM.min_lm.errors import UserError
-from NLM.min_lm.scripts.args import arg
+from NLM.min_lm.options import ATTN_IMPLS, TRAIN_DTYPES
 
-ATTN_IMPLS = ("sdpa", "reference")
-DTYPES = ("float32", "bfloat16")
+if TYPE_CHECKING:
+    from NLM.min_lm.transformer.model import ModelConfig
+
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
@@ -43,6 +45,7 @@ class TrainConfig:
     d_ff: int | None = field(default=None, metadata=arg("SwiGLU hidden size "
                                                         "(default: 8/3 * d_model up to a multiple of 64)"))
     rope_theta: float = field(default=10_000.0, metadata=arg("RoPE base frequency"))
+    norm_eps: float = field(default=1e-5, metadata=arg("RMSNorm epsilon (Llama imports may use 1e-6)"))
     attn_impl: str = field(default="sdpa", metadata=arg("attention kernel", choices=ATTN_IMPLS))
     gradient_checkpointing: bool = field(default=False, metadata=arg("recompute activations to save memory"))
     # optimizer and schedule
@@ -77,7 +80,7 @@ class TrainConfig:
     device: str = field(default="auto", metadata=arg("auto (cuda, then mps, then cpu), "
                                                      "cpu, cuda, cuda:N or mps"))
     dtype: str = field(default="float32", metadata=arg("compute dtype; bfloat16 autocasts over float32 "
-                                                       "weights", choices=DTYPES))
+                                                       "weights", choices=TRAIN_DTYPES))
     compile: bool = field(default=False, metadata=arg("torch.compile the model"))
 
     def __post_init__(self) -> None:
@@ -104,6 +107,8 @@ class TrainConfig:
             raise UserError(f"--d_model / --num_heads ({head_dim}) must be even: RoPE rotates pairs")
         if self.rope_theta <= 0:
             raise UserError(f"--rope_theta must be positive, got {self.rope_theta!r}")
+        if self.norm_eps <= 0:
+            raise UserError(f"--norm_eps must be positive, got {self.norm_eps!r}")
         if self.lr_min > self.lr_max:
             raise UserError(f"--lr_min ({self.lr_min}) must not exceed --lr_max ({self.lr_max})")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
@@ -112,14 +117,24 @@ class TrainConfig:
             raise UserError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
         if self.attn_impl not in ATTN_IMPLS:
             raise UserError(f"--attn_impl must be one of {', '.join(ATTN_IMPLS)}, got {self.attn_impl!r}")
-        if self.dtype not in DTYPES:
-            raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.dtype not in TRAIN_DTYPES:
+            raise UserError(f"--dtype must be one of {', '.join(TRAIN_DTYPES)}, got {self.dtype!r}")
         if self.resume and self.init_from is not None:
             raise UserError("--resume and --init_from exclude each other: resume continues a run, "
                             "init_from starts a new one from given weights")
         if Path(self.checkpoint_path).suffix == "" or Path(self.checkpoint_path).name.startswith("."):
             raise UserError(f"--checkpoint_path needs a file name with an extension, e.g. runs/model.pt, "
                             f"got {self.checkpoint_path!r}")
+
+    def model_config(self) -> ModelConfig:
+        """The model's shape: each field of ModelConfig taken by name from this config.
+
+        ModelConfig is the one record of a model's shape (checkpoints store it); this is the one place a
+        training config becomes one, so a field added there cannot be forgotten here.
+        """
+        from NLM.min_lm.transformer.model import ModelConfig  # torch: imported only once a model is built
+
+        return ModelConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(ModelConfig)})
 
     @property
     def best_checkpoint_path(self) -> Path:

@@ -20,12 +20,16 @@ import numpy as np
 import torch
 
 from NLM.min_lm.errors import UserError
+from NLM.min_lm.transformer.utils import batch_windows
 
-_CHUNK = 1 << 24  # ids per chunk when scanning a token file for out-of-range ids (64 MB of int32)
+ID_CHECK_CHUNK = 1 << 24  # ids per chunk when scanning a token file for out-of-range ids (64 MB of int32)
 
 
-def open_tokens(path: str | Path, flag: str, vocab_size: int, context_length: int) -> np.ndarray:
-    """Memory-map a token file and check it can feed training; errors name the file and the flag."""
+def open_tokens(path: str | Path, flag: str, vocab_size: int, context_length: int, *,
+                chunk: int = ID_CHECK_CHUNK) -> np.ndarray:
+    """Memory-map a token file and check it can feed training; errors name the file and the flag.
+
+    The ids are checked `chunk` at a time, so memory stays bounded whatever the file size."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{flag} {path}: no such file")
@@ -40,34 +44,23 @@ def open_tokens(path: str | Path, flag: str, vocab_size: int, context_length: in
     if len(tokens) < context_length + 1:
         raise UserError(f"{flag} {path}: {len(tokens)} tokens is too short for --context_length "
                         f"{context_length} (need at least {context_length + 1})")
-    _check_ids(tokens, path, flag, vocab_size)
+    _check_ids(tokens, path, flag, vocab_size, chunk)
     return tokens
 
 
-def _check_ids(tokens: np.ndarray, path: Path, flag: str, vocab_size: int) -> None:
+def _check_ids(tokens: np.ndarray, path: Path, flag: str, vocab_size: int, chunk_size: int) -> None:
     """Every id must index the embedding table; a dtype too narrow to hold a bad id needs no scan."""
     info = np.iinfo(tokens.dtype)
     if info.min >= 0 and info.max < vocab_size:
         return
-    for start in range(0, len(tokens), _CHUNK):
-        chunk = tokens[start:start + _CHUNK]
+    for start in range(0, len(tokens), chunk_size):
+        chunk = tokens[start:start + chunk_size]
         low, high = int(chunk.min()), int(chunk.max())
         if low < 0 or high >= vocab_size:
             bad = low if low < 0 else high
             where = start + int(np.argmax(chunk == bad))
             raise UserError(f"{flag} {path}: token id {bad} at position {where} is outside the vocabulary "
                             f"(--vocab_size {vocab_size}); was it made with another tokenizer?")
-
-
-def windows(tokens: np.ndarray, starts: np.ndarray, context_length: int,
-            device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inputs and next-token targets for windows starting at `starts`, as int64 tensors on `device`."""
-    batch = torch.from_numpy(tokens[starts[:, None] + np.arange(context_length + 1)].astype(np.int64))
-    if device.type == "cuda":
-        batch = batch.pin_memory().to(device, non_blocking=True)
-    else:
-        batch = batch.to(device)
-    return batch[:, :-1], batch[:, 1:]
 
 
 class BatchSampler:
@@ -89,7 +82,7 @@ class BatchSampler:
         return starts[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
 
     def next_batch(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        return windows(self.tokens, self.next_starts(), self.context_length, device)
+        return batch_windows(self.tokens, self.next_starts(), self.context_length, device)
 
     def state(self) -> dict[str, Any]:
         """The generator's position, saved in checkpoints so a resumed run draws the batches it would have."""

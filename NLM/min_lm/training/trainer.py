@@ -17,6 +17,7 @@ by all processes, so none is left waiting in a collective.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -36,7 +37,7 @@ from NLM.min_lm.distributed import (
 )
 from NLM.min_lm.errors import UserError
 from NLM.min_lm.training.config import TrainConfig
-from NLM.min_lm.training.data import BatchSampler, open_tokens, validation_starts, windows
+from NLM.min_lm.training.data import BatchSampler, open_tokens, validation_starts
 from NLM.min_lm.training.interrupt import StopRequest, stop_requests
 from NLM.min_lm.training.metrics import MetricsLog, TrainResult, plot_losses, start_wandb, summary
 from NLM.min_lm.transformer import (
@@ -50,20 +51,27 @@ from NLM.min_lm.transformer import (
     save_checkpoint,
 )
 from NLM.min_lm.transformer.checkpoint import load_model_state, read_checkpoint, restore_checkpoint
-
-# the model's shape: a checkpoint can only be resumed by a run that builds the same one
-_SHAPE_FIELDS = ("vocab_size", "context_length", "d_model", "num_layers", "num_heads", "d_ff")
+from NLM.min_lm.transformer.utils import batch_windows
 
 
 class TrainingDiverged(UserError):
     """The loss became NaN or infinite; the run stops before the bad step reaches any checkpoint."""
 
 
-def train(config: TrainConfig) -> TrainResult:
-    """Train a TransformerLM as `config` says. The body of `minlm train`, callable from Python."""
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def train(config: TrainConfig, *, loss_fn: LossFn = cross_entropy,
+          on_record: Callable[[dict[str, Any]], object] | None = None) -> TrainResult:
+    """Train a TransformerLM as `config` says. The body of `minlm train`, callable from Python.
+
+    loss_fn(logits, targets): the training and validation loss (e.g. to add label smoothing).
+    on_record(record): called with every metrics record (a training or validation line of metrics.jsonl)
+    right after it is logged, e.g. to watch a run from a notebook.
+    """
     ctx, device = setup_distributed(config.device)
     try:
-        return Trainer(config, ctx, device).run()
+        return Trainer(config, ctx, device, loss_fn=loss_fn, on_record=on_record).run()
     except UserError as e:
         if ctx.enabled:  # under torchrun every rank prints its own error: say whose it is
             e.args = (f"[rank {ctx.rank}] {e}",)
@@ -75,8 +83,11 @@ def train(config: TrainConfig) -> TrainResult:
 class Trainer:
     """Holds one run's state; `run()` executes it. Built in the order a reader would set things up."""
 
-    def __init__(self, config: TrainConfig, ctx: DistContext, device: torch.device) -> None:
+    def __init__(self, config: TrainConfig, ctx: DistContext, device: torch.device, *,
+                 loss_fn: LossFn = cross_entropy,
+                 on_record: Callable[[dict[str, Any]], object] | None = None) -> None:
         self.config, self.ctx, self.device = config, ctx, device
+        self.loss_fn, self.on_record = loss_fn, on_record
         c = config
         # 1. data: checked in full before anything is built or written
         self.train_tokens = open_tokens(c.train_tokens, "--train_tokens", c.vocab_size, c.context_length)
@@ -92,9 +103,7 @@ class Trainer:
         if device.type == "cuda":
             torch.set_float32_matmul_precision("high")  # TF32 matmuls for the float32 parts
         torch.manual_seed(c.seed)
-        model_config = ModelConfig(c.vocab_size, c.context_length, c.d_model, c.num_layers, c.num_heads,
-                                   c.d_ff, c.rope_theta)
-        self.model = TransformerLM.from_config(model_config, device=device, attn_impl=c.attn_impl,
+        self.model = TransformerLM.from_config(c.model_config(), device=device, attn_impl=c.attn_impl,
                                                gradient_checkpointing=c.gradient_checkpointing)
         self.optimizer = AdamW(param_groups(self.model, c.weight_decay), lr=c.lr_max, betas=c.betas,
                                weight_decay=c.weight_decay)
@@ -137,7 +146,7 @@ class Trainer:
             # DDP averages gradients across processes only on the last micro-batch's backward
             with sync_context(self.parallel, self.ctx, sync=micro_step == steps - 1):
                 with self.autocast():
-                    loss = cross_entropy(self.parallel(x), y) / steps
+                    loss = self.loss_fn(self.parallel(x), y) / steps
                 loss.backward()
             loss_sum += loss.detach()
         loss_value = all_reduce_mean(loss_sum.item(), self.ctx, self.device)
@@ -162,9 +171,9 @@ class Trainer:
         self.compiled.eval()
         losses = []
         for starts in self.val_starts:
-            x, y = windows(self.val_tokens, starts, self.config.context_length, self.device)
+            x, y = batch_windows(self.val_tokens, starts, self.config.context_length, self.device)
             with self.autocast():
-                losses.append(cross_entropy(self.compiled(x), y).float())
+                losses.append(self.loss_fn(self.compiled(x), y).float())
         self.compiled.train()
         return all_reduce_mean(torch.stack(losses).mean().item(), self.ctx, self.device)
 
@@ -181,11 +190,15 @@ class Trainer:
                         elapsed=self.elapsed())
 
     def _check_shape(self, saved: dict[str, Any], path: Path, flag: str) -> None:
-        """A checkpoint fits only a model of the same shape; name the first flag that differs."""
-        for name in _SHAPE_FIELDS:
-            theirs, ours = saved["model_config"][name], getattr(self.config, name)
-            if theirs != ours:
-                raise UserError(f"{flag}: {path} has {name} {theirs}, but --{name} is {ours}")
+        """A checkpoint fits only a model of the same shape: compare the whole ModelConfig (RoPE's base and
+        the norm's epsilon are not in the weights, so only this notices them) and name every difference."""
+        theirs, ours = ModelConfig(**saved["model_config"]), self.model.config
+        names = [f.name for f in dataclasses.fields(ModelConfig)]
+        differ = [name for name in names if getattr(theirs, name) != getattr(ours, name)]
+        if differ:
+            saved_values = ", ".join(f"{name} {getattr(theirs, name)}" for name in differ)
+            flag_values = ", ".join(f"--{name} {getattr(ours, name)}" for name in differ)
+            raise UserError(f"{flag}: {path} has {saved_values}, but the flags give {flag_values}")
 
     def _init_weights(self, path: Path) -> None:
         """Fine-tuning: take the weights of `path`, start a fresh optimizer, schedule and iteration count."""
@@ -323,8 +336,11 @@ class Trainer:
             write(text)
 
     def _record(self, record: dict[str, Any]) -> None:
+        record = {**record, "elapsed": self.elapsed()}
         if self.metrics is not None:
-            self.metrics.write({**record, "elapsed": self.elapsed()})
+            self.metrics.write(record)
+        if self.on_record is not None:
+            self.on_record(record)
 
     def _agreed_stop(self, stop: StopRequest) -> str:
         """The signal's name if any process was asked to stop (all processes then stop together), else ''."""

@@ -10,14 +10,18 @@ checkpoint.py  save_checkpoint, load_checkpoint, load_model
 sampling.py    generate (greedy / temperature / top-k / top-p decoding with the KV cache)
 """
 
-from .attention import MultiHeadSelfAttention, RotaryPositionalEmbedding, scaled_dot_product_attention
-from .checkpoint import load_checkpoint, load_model, save_checkpoint
-from .kv_cache import KVCache
-from .model import ModelConfig, TransformerBlock, TransformerLM
-from .modules import Embedding, Linear, RMSNorm, SwiGLU, silu, softmax
-from .optim import AdamW, param_groups
-from .sampling import generate
-from .utils import cross_entropy, get_batch, get_lr_cosine_schedule, gradient_clipping
+from NLM.min_lm.transformer.attention import (
+    MultiHeadSelfAttention,
+    RotaryPositionalEmbedding,
+    scaled_dot_product_attention,
+)
+from NLM.min_lm.transformer.checkpoint import load_checkpoint, load_model, save_checkpoint
+from NLM.min_lm.transformer.kv_cache import KVCache
+from NLM.min_lm.transformer.model import ModelConfig, TransformerBlock, TransformerLM
+from NLM.min_lm.transformer.modules import Embedding, Linear, RMSNorm, SwiGLU, silu, softmax
+from NLM.min_lm.transformer.optim import AdamW, param_groups
+from NLM.min_lm.transformer.sampling import generate
+from NLM.min_lm.transformer.utils import cross_entropy, get_batch, get_lr_cosine_schedule, gradient_clipping
 
 __all__ = [
     "AdamW",

@@ -16,10 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .kv_cache import LayerKVCache
-from .modules import Linear, check_impl, softmax
-
-ATTN_IMPLS = ("sdpa", "reference")
+from NLM.min_lm.options import ATTN_IMPLS
+from NLM.min_lm.transformer.kv_cache import LayerKVCache
+from NLM.min_lm.transformer.modules import Linear, check_impl, softmax
 
 
 class RotaryPositionalEmbedding(nn.Module):

@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import UserError
-from ..fileio import atomic_path
-from .model import ModelConfig, TransformerLM
+from NLM.min_lm.errors import UserError
+from NLM.min_lm.fileio import atomic_path
+from NLM.min_lm.transformer.model import ModelConfig, TransformerLM
 
 RESERVED_KEYS = ("model", "optimizer", "iteration", "model_config", "rng")
 WRAPPER_PREFIXES = ("_orig_mod.", "module.")  # torch.compile and DistributedDataParallel
@@ -159,6 +159,16 @@ def restore_checkpoint(
     return int(checkpoint["iteration"])
 
 
+def read_model_checkpoint(
+    path: str | os.PathLike,
+) -> tuple[ModelConfig, dict[str, torch.Tensor], dict[str, Any]]:
+    """A checkpoint's ModelConfig and weights (wrapper prefixes stripped), and the whole checkpoint dict."""
+    checkpoint = read_checkpoint(path)
+    if not checkpoint.get("model_config"):
+        raise UserError(f"checkpoint {path} has no model_config; it was not saved from a TransformerLM")
+    return ModelConfig(**checkpoint["model_config"]), clean_state_dict(checkpoint["model"]), checkpoint
+
+
 def load_model(
     path: str | os.PathLike,
     device: str | torch.device = "cpu",
@@ -170,11 +180,7 @@ def load_model(
     dtype defaults to that of the stored weights. `options` go to the model (e.g. attn_impl).
     Returns the model (in eval mode) and the whole checkpoint dict (e.g. for its train_config).
     """
-    checkpoint = read_checkpoint(path)
-    if not checkpoint.get("model_config"):
-        raise UserError(f"checkpoint {path} has no model_config; it was not saved from a TransformerLM")
-    config = ModelConfig(**checkpoint["model_config"])
-    state = clean_state_dict(checkpoint["model"])
+    config, state, checkpoint = read_model_checkpoint(path)
     stored = state.get("token_embeddings.weight")
     dtype = dtype or (stored.dtype if stored is not None else torch.float32)
     model = TransformerLM.from_config(config, device=device, dtype=dtype, **options)

@@ -24,10 +24,10 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from .attention import MultiHeadSelfAttention
-from .kv_cache import KVCache, LayerKVCache
-from .loss import linear_cross_entropy, padded_size
-from .modules import Embedding, Linear, RMSNorm, SwiGLU
+from NLM.min_lm.transformer.attention import MultiHeadSelfAttention
+from NLM.min_lm.transformer.kv_cache import KVCache, LayerKVCache
+from NLM.min_lm.transformer.loss import linear_cross_entropy, padded_size
+from NLM.min_lm.transformer.modules import Embedding, Linear, RMSNorm, SwiGLU
 
 # Pad the output matmul's vocabulary to a multiple of this on CUDA (on the CPU it does not pay).
 CUDA_VOCAB_MULTIPLE = 64

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
-from .modules import Embedding, RMSNorm
+from NLM.min_lm.transformer.modules import Embedding, RMSNorm
 
 ADAMW_IMPLS = ("fused", "foreach", "reference")
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .checkpoint import load_checkpoint, load_model, save_checkpoint
+from NLM.min_lm.transformer.checkpoint import load_checkpoint, load_model, save_checkpoint
 
 __all__ = [
     "cross_entropy",
@@ -101,8 +101,7 @@ def get_batch(
 
     Works on a `np.memmap` without reading the whole file: only the sampled windows are touched.
     `generator` (a numpy Generator or a torch Generator; default torch's global RNG) makes the
-    sampling reproducible, e.g. one seeded generator per data-parallel rank. On CUDA the batch is
-    copied from pinned memory asynchronously, overlapping the copy with the previous step's compute.
+    sampling reproducible, e.g. one seeded generator per data-parallel rank.
     Returns two LongTensors (batch_size, context_length) on `device`; y[:, i] is the token after x[:, i].
     """
     num_starts = len(dataset) - context_length
@@ -112,11 +111,20 @@ def get_batch(
         starts = generator.integers(0, num_starts, size=batch_size)
     else:
         starts = torch.randint(0, num_starts, (batch_size,), generator=generator).numpy()
-    windows = dataset[starts[:, None] + np.arange(context_length + 1)]  # (batch, context_length + 1)
-    tokens = torch.from_numpy(windows.astype(np.int64))
-    x, y = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
+    return batch_windows(dataset, starts, context_length, device)
+
+
+def batch_windows(tokens: np.ndarray, starts: np.ndarray, context_length: int,
+                  device: str | torch.device) -> tuple[Tensor, Tensor]:
+    """Inputs and next-token targets for the windows of `context_length + 1` tokens starting at `starts`.
+
+    Only those windows are read (so a memory-mapped file stays on disk) and moved to `device` in one
+    copy; on CUDA from pinned memory, asynchronously, overlapping the previous step's compute.
+    """
+    batch = torch.from_numpy(tokens[starts[:, None] + np.arange(context_length + 1)].astype(np.int64))
     device = torch.device(device)
     if device.type == "cuda":
-        x, y = x.pin_memory(), y.pin_memory()
-        return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-    return x.to(device), y.to(device)
+        batch = batch.pin_memory().to(device, non_blocking=True)
+    else:
+        batch = batch.to(device)
+    return batch[:, :-1], batch[:, 1:]

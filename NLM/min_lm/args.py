@@ -1,8 +1,9 @@
 """Build a command line from a config dataclass, so each script has exactly one config object.
 
-Every command is a plain function `run(config)` callable from Python; its flags are generated from the
-dataclass fields (name, type, default, help), in the spirit of litgpt. `--config FILE` (JSON or YAML)
-supplies values for any field, and flags given on the command line override it.
+Every command is a plain function `run(config)` callable from Python, and its `main()` is one call of
+`run_command`. Its flags are generated from the dataclass fields (name, type, default, help), in the
+spirit of litgpt. `--config FILE` (JSON or YAML) supplies values for any field, and flags given on the
+command line override it.
 
 Field metadata (via `arg(...)`) adds a help string, makes a field positional, or restricts choices.
 Mistakes become one `error: ...` line and exit status 2, never a traceback.
@@ -148,15 +149,16 @@ def parse_config(cls: type[C], argv: Sequence[str] | None, prog: str, descriptio
         parser.error(str(e))
 
 
-def run_cli(fn: Callable[[], object]) -> int:
-    """Run a command's body, turning user mistakes into one `error:` line and exit status 2.
+def run_command(cls: type[C], run: Callable[[C], object], argv: Sequence[str] | None, prog: str,
+                description: str | None) -> int:
+    """The whole `main()` of a command: parse `argv` into `cls`, call `run(config)`, return the exit status.
 
-    The body's return value is the exit status when it is an int (a command's own failure code);
-    anything else (e.g. the paths a `run()` wrote) means success.
+    User mistakes (UserError, a missing or unreadable file) become one `error: ...` line and status 2,
+    Ctrl-C becomes status 130; a normal return is status 0 (what `run` returns is for library callers).
     """
+    config = parse_config(cls, argv, prog, description or "")
     try:
-        result = fn()
-        return result if isinstance(result, int) and not isinstance(result, bool) else 0
+        run(config)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -166,3 +168,4 @@ def run_cli(fn: Callable[[], object]) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    return 0
