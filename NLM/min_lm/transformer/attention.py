@@ -148,26 +148,37 @@ class MultiHeadSelfAttention(nn.Module):
     ) -> Tensor:
         """x: (..., T, d_model) -> (..., T, d_model)."""
         num_new = x.shape[-2]
-        start = kv_cache.length if kv_cache is not None else 0
         # (..., T, d_model) -> (..., heads, T, head_dim)
         q, k, v = (
             proj(x).unflatten(-1, (self.num_heads, self.head_dim)).transpose(-3, -2)
             for proj in (self.q_proj, self.k_proj, self.v_proj)
         )
+        if token_positions is None:
+            start = kv_cache.length if kv_cache is not None else 0
+            token_positions = torch.arange(start, start + num_new, device=x.device)
         if self.rope is not None:
-            if token_positions is None:
-                token_positions = torch.arange(start, start + num_new, device=x.device)
             positions = token_positions.unsqueeze(-2)  # the same positions for every head
             q, k = self.rope.rotate_qk(q, k, positions)
-        if kv_cache is not None:
+        mask = None
+        if kv_cache is not None and kv_cache.fixed_size:
+            k, v = kv_cache.write(k, v, token_positions)
+            slots = torch.arange(k.shape[-2], device=x.device)
+            mask = slots <= token_positions[:, None]  # (T_new, max_len): written slots up to each query
+        elif kv_cache is not None:
             k, v = kv_cache.append(k, v)
+        if kv_cache is not None:
             k, v = k.to(q.dtype), v.to(q.dtype)  # the cache may be kept in another dtype (autocast)
-        out = self._attend(q, k, v)
+        out = self._attend(q, k, v, mask)
         return self.output_proj(out.transpose(-3, -2).flatten(-2))
 
-    def _attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        """Causal attention of the T_q queries, the last T_q of the T_k positions in k and v."""
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Causal attention of the T_q queries, the last T_q of the T_k positions in k and v; or, with
+        `mask` (T_q, T_k), of the queries to the keys it allows (the fixed-size cache)."""
         num_queries, num_keys = q.shape[-2], k.shape[-2]
+        if mask is not None:
+            if self.attn_impl == "reference":
+                return scaled_dot_product_attention(q, k, v, mask)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         if self.attn_impl == "reference":
             return scaled_dot_product_attention(q, k, v, causal_mask(num_queries, num_keys, device=q.device))
         if num_queries == num_keys:  # no cache, or a prefill from empty: plain causal

@@ -136,10 +136,13 @@ class TransformerLM(nn.Module):
         total = sum(p.numel() for p in self.parameters())
         return total - self.token_embeddings.weight.numel() if exclude_embeddings else total
 
-    def new_kv_cache(self, batch_size: int, max_len: int | None = None, device=None, dtype=None) -> KVCache:
+    def new_kv_cache(
+        self, batch_size: int, max_len: int | None = None, device=None, dtype=None, *, fixed_size: bool = False
+    ) -> KVCache:
         """Empty key/value buffers for `batch_size` sequences of up to `max_len` tokens.
 
         max_len defaults to the context length; device/dtype default to those of the model's weights.
+        fixed_size: the compilable variant (see kv_cache.py).
         """
         max_len = self.config.context_length if max_len is None else max_len
         if max_len > self.config.context_length:
@@ -155,6 +158,7 @@ class TransformerLM(nn.Module):
             max_len,
             device=device or weight.device,
             dtype=dtype or weight.dtype,
+            fixed_size=fixed_size,
         )
 
     def forward(
@@ -176,12 +180,18 @@ class TransformerLM(nn.Module):
     def _residual_stream(self, in_indices: Tensor, kv_cache: KVCache | None) -> Tensor:
         """Embeddings through every block: (batch, T) ids -> (batch, T, d_model), before the final norm."""
         num_tokens = in_indices.shape[-1]
-        start = 0 if kv_cache is None else kv_cache.length
-        limit = self.config.context_length if kv_cache is None else kv_cache.max_len
-        if start + num_tokens > limit:
-            what = "context length" if kv_cache is None else "KV cache length"
-            raise ValueError(f"{start + num_tokens} positions exceed the {what} of {limit}")
-        positions = torch.arange(start, start + num_tokens, device=in_indices.device)
+        if kv_cache is not None and kv_cache.fixed_size:
+            # positions from the device-side counter: no host sync, and the same graph every step (the
+            # caller keeps within max_len; index_copy_ rejects a position past it)
+            positions = kv_cache.position + torch.arange(num_tokens, device=in_indices.device)
+            kv_cache.position += num_tokens
+        else:
+            start = 0 if kv_cache is None else kv_cache.length
+            limit = self.config.context_length if kv_cache is None else kv_cache.max_len
+            if start + num_tokens > limit:
+                what = "context length" if kv_cache is None else "KV cache length"
+                raise ValueError(f"{start + num_tokens} positions exceed the {what} of {limit}")
+            positions = torch.arange(start, start + num_tokens, device=in_indices.device)
         x = self.token_embeddings(in_indices)
         for i, layer in enumerate(self.layers):
             layer_cache = None if kv_cache is None else kv_cache.layers[i]
