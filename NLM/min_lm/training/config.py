@@ -79,9 +79,13 @@ class TrainConfig:
     # machine
     device: str = field(default="auto", metadata=arg("auto (cuda, then mps, then cpu), "
                                                      "cpu, cuda, cuda:N or mps"))
-    dtype: str = field(default="float32", metadata=arg("compute dtype; bfloat16 autocasts over float32 "
-                                                       "weights", choices=TRAIN_DTYPES))
-    compile: bool = field(default=False, metadata=arg("torch.compile the model"))
+    dtype: str = field(default="auto", metadata=arg("compute dtype; bfloat16 autocasts over float32 weights; "
+                                                    "auto = bfloat16 on CUDA and on CPUs with native bf16",
+                                                    choices=("auto", *TRAIN_DTYPES)))
+    compile: bool | None = field(default=None, metadata=arg("torch.compile the model and loss (default: on "
+                                                            "where it works: CUDA and CPU with a compiler)"))
+    peak_tflops: float | None = field(default=None, metadata=arg("the GPU's peak bf16 TFLOP/s for the MFU "
+                                                                 "figure (default: a table of common GPUs)"))
 
     def __post_init__(self) -> None:
         if self.d_ff is None:
@@ -117,8 +121,10 @@ class TrainConfig:
             raise UserError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
         if self.attn_impl not in ATTN_IMPLS:
             raise UserError(f"--attn_impl must be one of {', '.join(ATTN_IMPLS)}, got {self.attn_impl!r}")
-        if self.dtype not in TRAIN_DTYPES:
-            raise UserError(f"--dtype must be one of {', '.join(TRAIN_DTYPES)}, got {self.dtype!r}")
+        if self.dtype not in ("auto", *TRAIN_DTYPES):
+            raise UserError(f"--dtype must be one of auto, {', '.join(TRAIN_DTYPES)}, got {self.dtype!r}")
+        if self.peak_tflops is not None and self.peak_tflops <= 0:
+            raise UserError(f"--peak_tflops must be positive, got {self.peak_tflops!r}")
         if self.resume and self.init_from is not None:
             raise UserError("--resume and --init_from exclude each other: resume continues a run, "
                             "init_from starts a new one from given weights")

@@ -137,7 +137,8 @@ class TransformerLM(nn.Module):
         return total - self.token_embeddings.weight.numel() if exclude_embeddings else total
 
     def new_kv_cache(
-        self, batch_size: int, max_len: int | None = None, device=None, dtype=None, *, fixed_size: bool = False
+        self, batch_size: int, max_len: int | None = None, device=None, dtype=None, *,
+        fixed_size: bool = False,
     ) -> KVCache:
         """Empty key/value buffers for `batch_size` sequences of up to `max_len` tokens.
 
