@@ -79,7 +79,8 @@ def train_config(config: QuickstartConfig, vocab_size: int, out_dir: Path) -> Tr
         num_layers=config.num_layers, num_heads=config.num_heads, lr_max=config.lr_max,
         lr_min=config.lr_max / 10, warmup_iters=max(1, iters // 20), max_iters=iters,
         eval_interval=max(1, iters // 10), eval_iters=10, checkpoint_interval=iters, seed=config.seed,
-        checkpoint_path=str(out_dir / "model.pt"), device=config.device, quiet=not config.progress)
+        checkpoint_path=str(out_dir / "model.pt"), device=config.device, quiet=not config.progress,
+        compile=False if config.tiny else None)  # a few seconds of training would not repay compiling
 
 
 def make_samples(config: QuickstartConfig, model: TransformerLM, tokenizer: BPETokenizer) -> list[str]:
