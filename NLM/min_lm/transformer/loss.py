@@ -15,6 +15,10 @@ so only one chunk's logits exist at a time, and the backward pass just scales th
 incoming one (1 for a plain `loss.backward()`). The result equals `cross_entropy(h @ W.T, targets)` and its
 gradients (tests compare them in float64). Without gradients (evaluation) only the loss is computed.
 
+Under torch.compile the loss stays out of the compiled graph (`torch.compiler.disable`): each chunk is
+already a few large kernels, and compiling the chunk loop would unroll it, hundreds of copies at GPT-2
+scale, for minutes of compilation. The model up to the final norm is compiled; the loss runs as written.
+
 `padded_vocab`: the matmul runs against W padded with zero rows to that many (a multiple of 64 keeps GPU
 matrix units on full tiles); the padded columns are set to -inf before the softmax, so they get probability 0
 and the loss and gradients are those of the unpadded W. The caller's W keeps its shape.
@@ -26,14 +30,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-# About this many logits per chunk (4M float32 = 16 MB): large enough for efficient matmuls, small enough
-# that the chunk's temporaries are reused from the allocator instead of being mapped and unmapped each step.
-_LOGITS_PER_CHUNK = 2**22
+# About this many logits per chunk. CPU: 4M float32 = 16 MB, large enough for efficient matmuls, small
+# enough that the chunk's temporaries are reused from the allocator instead of being mapped and unmapped
+# each step. GPU: 64M = 256 MB, so that a GPT-2 batch (32 x 1024 tokens) takes ~25 chunks, not hundreds of
+# small ones whose kernel launches would cost more than their arithmetic.
+_LOGITS_PER_CHUNK = {"cpu": 2**22, "cuda": 2**26}
 
 
-def default_chunk_size(vocab_size: int) -> int:
+def default_chunk_size(vocab_size: int, device_type: str = "cpu") -> int:
     """Tokens per chunk for a vocabulary: about `_LOGITS_PER_CHUNK` logits, at least 16 tokens."""
-    return max(16, _LOGITS_PER_CHUNK // vocab_size)
+    return max(16, _LOGITS_PER_CHUNK.get(device_type, 2**24) // vocab_size)
 
 
 def padded_size(size: int, multiple: int) -> int:
@@ -83,6 +89,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return grad_hidden * scale, grad_weight * scale.to(grad_weight.dtype), None, None, None
 
 
+@torch.compiler.disable
 def linear_cross_entropy(
     hidden: Tensor,
     weight: Tensor,
@@ -96,7 +103,7 @@ def linear_cross_entropy(
     hidden: (..., d) final hidden states; weight: (vocab, d), the output layer; targets: (...) ids.
     Under autocast the matmuls run in the autocast dtype (hidden and weight are cast once, differentiably,
     so float32 master weights get float32 gradients); the softmax and sums are float32 (float64 stays).
-    chunk_size: tokens per chunk (default: about 4M logits per chunk); padded_vocab: see the module docstring.
+    chunk_size: tokens per chunk (default: see `_LOGITS_PER_CHUNK`); padded_vocab: see the module docstring.
     """
     vocab_size = weight.shape[0]
     if torch.is_autocast_enabled(hidden.device.type):
@@ -108,6 +115,6 @@ def linear_cross_entropy(
         weight = F.pad(weight, (0, 0, 0, padded_vocab - vocab_size))
     with torch.autocast(hidden.device.type, enabled=False):
         return _LinearCrossEntropy.apply(
-            hidden.flatten(0, -2), weight, targets.flatten(), chunk_size or default_chunk_size(vocab_size),
-            vocab_size,
+            hidden.flatten(0, -2), weight, targets.flatten(),
+            chunk_size or default_chunk_size(vocab_size, hidden.device.type), vocab_size,
         )
