@@ -1,6 +1,6 @@
 """Time the main job, `minlm quickstart` with its defaults, and record its losses.
 
-The issue's bar: it finishes in at most 10 minutes on 2 CPU cores, and its validation loss ends well
+The bar: it finishes in at most 10 minutes on 2 CPU cores, and its validation loss ends well
 below the unigram entropy of the corpus (the best loss a model that ignores context can reach). The run
 goes to a temporary directory; its summary, the wall time and the machine go to
 benchmarks/results/bench_quickstart.json.
@@ -26,7 +26,8 @@ from pathlib import Path
 
 from machine import machine_info
 
-from NLM.min_lm.scripts.quickstart import QuickstartConfig, run
+from NLM.min_lm.quickstart.config import QuickstartConfig
+from NLM.min_lm.quickstart.pipeline import run_quickstart
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -39,8 +40,8 @@ def main() -> None:
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        summary = run(QuickstartConfig(out_dir=tmp, tiny=args.tiny, device="cpu", progress=False,
-                                       max_iters=args.max_iters))
+        summary = run_quickstart(QuickstartConfig(out_dir=tmp, tiny=args.tiny, device="cpu", progress=False,
+                                                  max_iters=args.max_iters))
         wall = time.perf_counter() - start
     usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
     user, system = sum(u.ru_utime for u in usage), sum(u.ru_stime for u in usage)

@@ -28,7 +28,8 @@ class Preset:
     sample_tokens: int
 
 
-# Tuned on 2 CPU cores for the best validation loss within the time budget (see the README).
+# Tuned on 2 CPU cores for the best validation loss within the time budget
+# (benchmarks/results/bench_quickstart.json holds the measured run).
 DEFAULT = Preset(max_bytes=12_000_000, vocab_size=4096, context_length=256, d_model=128, num_layers=4,
                  num_heads=4, batch_size=16, max_iters=800, lr_max=5e-3, sample_tokens=200)
 TINY = Preset(max_bytes=300_000, vocab_size=512, context_length=64, d_model=64, num_layers=2, num_heads=4,

@@ -2,7 +2,7 @@
 
 Training lives in `bpe_trainer.py` (parallel pre-token counting, incremental merge loop) and the
 tokenizer in `tokenizer.py` (cached encoding, streaming, GPT-2 file format); this module is the
-stable import path named in the API contract.
+stable import path named in the API reference (docs/api.md).
 """
 
 from NLM.min_lm.tokenization.bpe_trainer import train_bpe

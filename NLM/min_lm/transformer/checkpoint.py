@@ -2,7 +2,7 @@
 
 A checkpoint is a `torch.save`d dict of tensors and plain Python values only:
 
-    model          the model's state dict (keys as in API.md, no "_orig_mod." / "module." prefixes)
+    model          the model's state dict (keys as in docs/api.md, no "_orig_mod." / "module." prefixes)
     optimizer      the optimizer's state dict
     iteration      the step to resume from
     model_config   the ModelConfig as a plain dict (so `load_model` can rebuild the model)
