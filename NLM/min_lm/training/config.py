@@ -82,8 +82,8 @@ class TrainConfig:
     dtype: str = field(default="auto", metadata=arg("compute dtype; bfloat16 autocasts over float32 weights; "
                                                     "auto = bfloat16 on CUDA and on CPUs with native bf16",
                                                     choices=("auto", *TRAIN_DTYPES)))
-    compile: bool | None = field(default=None, metadata=arg("torch.compile the model and loss (default: on "
-                                                            "where it works: CUDA and CPU with a compiler)"))
+    compile: bool | None = field(default=None, metadata=arg("torch.compile the model (default: on where it "
+                                                            "works: CUDA, and CPUs with a C++ compiler)"))
     peak_tflops: float | None = field(default=None, metadata=arg("the GPU's peak bf16 TFLOP/s for the MFU "
                                                                  "figure (default: a table of common GPUs)"))
 

@@ -10,7 +10,7 @@ same losses as one that never stopped.
 The host never waits for the device inside a step: the loss stays a tensor on the device and is read at
 `log_interval`; a non-finite loss or gradient norm is remembered on the device (`DivergenceWatch`) and
 read at the same points and before every checkpoint, so no checkpoint ever holds the weights of a diverged
-step. By default the model and its loss are compiled and computed in bfloat16 where that is safe
+step. By default the model is compiled and computes in bfloat16 where that is safe
 (`acceleration.py`); the logged tokens/s and MFU count training steps only (`throughput.py`).
 
 Data parallelism (`torchrun --nproc_per_node N`) is wrapped around the unchanged model by
@@ -152,8 +152,9 @@ class Trainer:
         elif c.init_from is not None:
             self._init_weights(Path(c.init_from))
 
-        # 4. what runs the steps: compiled (model and loss together) where that works, wrapped for data
-        #    parallelism; the bare `self.model` shares its parameters and is what checkpoints store
+        # 4. what runs the steps: compiled where that works (the fused loss inside stays eager, see
+        #    transformer/loss.py), wrapped for data parallelism; the bare `self.model` shares its
+        #    parameters and is what checkpoints store
         self.compiled = torch.compile(self.model) if self.use_compile else self.model
         self.parallel = wrap_model(self.compiled, ctx, device)
         self.global_batch_tokens = ctx.world_size * c.batch_size * c.grad_accum_steps * c.context_length
