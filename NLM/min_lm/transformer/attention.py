@@ -32,7 +32,9 @@ class RotaryPositionalEmbedding(nn.Module):
     Two implementations, one switch apart (`impl`): "reference" writes the rotation out with cos and sin,
     (x_even cos - x_odd sin, x_even sin + x_odd cos); "fast" reads each pair as the complex number
     x_even + i x_odd and multiplies it by e^(i angle), which is the same rotation in one kernel (and one in
-    the backward pass). `rotate_qk` rotates queries and keys with the table looked up once.
+    the backward pass). `rotate_qk` rotates queries and keys with the table looked up once. Inside
+    torch.compile the fast path takes the cos/sin form too: the compiler fuses it into one kernel, while it
+    cannot generate code for complex numbers (and would fall back to slower eager kernels).
     """
 
     def __init__(
@@ -52,9 +54,12 @@ class RotaryPositionalEmbedding(nn.Module):
         rotations = torch.polar(torch.ones_like(angles), angles).to(device=device, dtype=complex_dtype)
         self.register_buffer("rotations", rotations, persistent=False)  # e^(i angle), (max_seq_len, d_k/2)
 
+    def _complex(self) -> bool:
+        return self.impl == "fast" and not torch.compiler.is_compiling()
+
     def forward(self, x: Tensor, token_positions: Tensor) -> Tensor:
         """x: (..., T, d_k); token_positions: (..., T) integer positions, broadcastable to x."""
-        if self.impl == "fast":
+        if self._complex():
             return _rotate_complex(x, self.rotations[token_positions])
         cos = self.cos[token_positions]  # (..., T, d_k/2)
         sin = self.sin[token_positions]
@@ -66,7 +71,7 @@ class RotaryPositionalEmbedding(nn.Module):
 
     def rotate_qk(self, q: Tensor, k: Tensor, token_positions: Tensor) -> tuple[Tensor, Tensor]:
         """`forward` applied to queries and keys at the same positions."""
-        if self.impl == "fast":
+        if self._complex():
             rotations = self.rotations[token_positions]
             return _rotate_complex(q, rotations), _rotate_complex(k, rotations)
         return self(q, token_positions), self(k, token_positions)
