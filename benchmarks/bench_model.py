@@ -30,6 +30,7 @@ and the best rate of an 8192^3 bf16 matmul measured in the same run. FLOPs of on
     6 * N * B * T  +  6 * L * B * T^2 * d_model
 
     python benchmarks/bench_model.py [--sizes d256 d128_1thread d768 memory]   # CPU: bench_model_cpu.json
+                                            (a run replaces the tables of its sizes and keeps the others)
     python benchmarks/bench_model.py --cuda                                    # bench_model_cuda.json
 """
 
@@ -362,6 +363,10 @@ def main() -> None:
     )
     out = RESULTS_DIR / f"bench_model_{'cuda' if args.cuda else 'cpu'}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists():  # keep the tables of sizes not run this time (each table records its own load)
+        measured = {table["size"] for table in tables}
+        earlier = json.loads(out.read_text()).get("tables", [])
+        result["tables"] = [t for t in earlier if t["size"] not in measured] + tables
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
 
