@@ -80,7 +80,8 @@ def train_config(config: QuickstartConfig, vocab_size: int, out_dir: Path) -> Tr
         lr_min=config.lr_max / 10, warmup_iters=max(1, iters // 20), max_iters=iters,
         eval_interval=max(1, iters // 10), eval_iters=10, checkpoint_interval=iters, seed=config.seed,
         checkpoint_path=str(out_dir / "model.pt"), device=config.device, quiet=not config.progress,
-        compile=False if config.tiny else None)  # a few seconds of training would not repay compiling
+        # --tiny trains for seconds: compiling, or bf16 casts around its tiny matmuls, would not pay
+        compile=False if config.tiny else None, dtype="float32" if config.tiny else "auto")
 
 
 def make_samples(config: QuickstartConfig, model: TransformerLM, tokenizer: BPETokenizer) -> list[str]:
