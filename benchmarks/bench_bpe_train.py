@@ -38,9 +38,10 @@ from pathlib import Path
 from machine import machine_info
 
 from NLM.min_lm.corpus import stdlib_sources
+from NLM.min_lm.tokenization import END_OF_TEXT
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_bpe_train.json"
-SPECIAL = "<|endoftext|>"
+SPECIAL = END_OF_TEXT
 GPT2_SPLIT_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 COMPARED_MERGES = 1000
 

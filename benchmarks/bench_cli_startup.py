@@ -39,7 +39,8 @@ def best_time(argv: list[str], root: Path, repeats: int) -> tuple[float, bool]:
         times.append(time.perf_counter() - start)
     imports = subprocess.run([sys.executable, "-X", "importtime", *argv], cwd=root, env=env,
                              capture_output=True, text=True).stderr
-    return min(times), any(line.rstrip().endswith("| torch") for line in imports.splitlines())
+    # importtime lines end "| <indent>module"; torch imported anywhere (nested too) counts
+    return min(times), any(line.rsplit("|", 1)[-1].strip() == "torch" for line in imports.splitlines())
 
 
 def measure(root: Path, commands: list[str], repeats: int) -> dict[str, dict]:

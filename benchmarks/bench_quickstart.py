@@ -2,7 +2,8 @@
 
 The bar: it finishes in at most 10 minutes on 2 CPU cores, and its validation loss ends well
 below the unigram entropy of the corpus (the best loss a model that ignores context can reach). The run
-goes to a temporary directory; its summary, the wall time and the machine go to
+goes to a temporary directory; its summary (without the run's file paths, which name that temporary
+directory and this machine's Python installation), the wall time and the machine go to
 benchmarks/results/bench_quickstart.json.
 
 It also records where the CPU time went (resource.getrusage of this process and its workers): user vs
@@ -26,10 +27,18 @@ from pathlib import Path
 
 from machine import machine_info
 
+from NLM.min_lm.corpus import stdlib_root
 from NLM.min_lm.quickstart.config import QuickstartConfig
 from NLM.min_lm.quickstart.pipeline import run_quickstart
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def portable(summary: dict) -> dict:
+    """The summary without local paths: results are committed, and a path says nothing on another machine."""
+    kept = {key: value for key, value in summary.items() if key != "files"}
+    kept["corpus"] = kept["corpus"].replace(f" from {stdlib_root()}", "")
+    return kept
 
 
 def main() -> None:
@@ -61,7 +70,7 @@ def main() -> None:
     out.write_text(json.dumps({"benchmark": "minlm quickstart" + (" --tiny" if args.tiny else ""),
                                "max_iters": args.max_iters, "wall_seconds": wall, "cpu_time": cpu,
                                "load_average_before": load_before, "load_average_after": os.getloadavg(),
-                               "summary": summary, "machine": machine_info()},
+                               "summary": portable(summary), "machine": machine_info()},
                               indent=2) + "\n")
     print(f"wrote {out}")
 

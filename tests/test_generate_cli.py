@@ -1,22 +1,22 @@
-"""`minlm generate` end to end on a tiny checkpoint and a tiny tokenizer made here, plus the README's
-library-usage snippet run as written."""
+"""`minlm generate` end to end on a tiny checkpoint and a tiny tokenizer made here.
+
+(The README's library examples, which load a checkpoint and generate, run in tests/test_readme.py.)"""
 
 from __future__ import annotations
 
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 import torch
 
 from NLM.min_lm.scripts.generate import main
-from NLM.min_lm.tokenization import BPETokenizer, train_bpe
+from NLM.min_lm.tokenization import END_OF_TEXT, BPETokenizer, train_bpe
 from NLM.min_lm.transformer import TransformerLM, load_model, save_checkpoint
 from NLM.min_lm.transformer.sampling import generate
 
-EOS = "<|endoftext|>"
+EOS = END_OF_TEXT
 STORY = (
     "Once upon a time there was a little fox. The fox liked to run in the forest. "
     "One day the fox met a bear. The bear said: hello, little fox! Café crème, naïve, déjà vu. "
@@ -133,27 +133,3 @@ def exit_code(argv: list[str]) -> int:
     except SystemExit as e:
         return e.code
 
-
-LIBRARY_SNIPPET = textwrap.dedent(
-    """
-    from NLM.min_lm.tokenization import BPETokenizer
-    from NLM.min_lm.transformer import load_model, generate
-    tok = BPETokenizer.from_files("tokenizers/train_vocab.json", "tokenizers/train_merges.txt",
-                                  ["<|endoftext|>"])
-    model, _ = load_model("checkpoints/model.pt", device="cpu")
-    ids = generate(model, tok.encode("Once upon a time"), max_new_tokens=100, temperature=0.8, top_p=0.95,
-                   eos_id=tok.encode("<|endoftext|>")[0])
-    print(tok.decode(ids.tolist()))
-    """
-)
-
-
-def test_readme_library_snippet_runs_as_written(files, tmp_path, monkeypatch, capsys):
-    (tmp_path / "tokenizers").mkdir()
-    (tmp_path / "checkpoints").mkdir()
-    (tmp_path / "tokenizers" / "train_vocab.json").write_bytes(files["vocab"].read_bytes())
-    (tmp_path / "tokenizers" / "train_merges.txt").write_bytes(files["merges"].read_bytes())
-    (tmp_path / "checkpoints" / "model.pt").write_bytes(files["checkpoint"].read_bytes())
-    monkeypatch.chdir(tmp_path)
-    exec(compile(LIBRARY_SNIPPET, "README snippet", "exec"), {})
-    assert capsys.readouterr().out.startswith("Once upon a time")

@@ -46,13 +46,14 @@ def sample_texts(
     top_p: float | None = None,
     top_k: int | None = None,
     *,
-    generator: torch.Generator | None = None,
+    seed: int | None = None,
     prompt_ids: list[int] | None = None,
     on_text: Callable[[str], object] | None = None,
     on_token: Callable[[list[int]], object] | None = None,
 ) -> list[str]:
     """`num_samples` continuations of `prompt`, decoded together as one batch; each is prompt + new text.
 
+    seed: makes the samples reproducible; None draws fresh randomness on every call.
     prompt_ids: the ids to continue, when they are not simply `tokenizer.encode(prompt)` (e.g. with an
     end-of-text token before the prompt, to start a fresh document).
     on_text: receives the new text of a single sample piece by piece as it is generated (streaming).
@@ -68,6 +69,11 @@ def sample_texts(
         if stream is not None:
             on_text(stream.push(id_ for id_ in ids if id_ != eos_id))
 
+    generator = torch.Generator(next(model.parameters()).device)
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(seed)
     batch = torch.tensor([prompt_ids] * num_samples, dtype=torch.long)
     ids = generate(model, batch, max_tokens, temperature, top_p, top_k, eos_id, generator=generator,
                    on_token=step, vocab_limit=len(tokenizer))

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from NLM.min_lm.corpus import Corpus, build_corpus, stdlib_root, stdlib_sources, unigram_entropy
@@ -86,11 +85,10 @@ def train_config(config: QuickstartConfig, vocab_size: int, out_dir: Path) -> Tr
 
 def make_samples(config: QuickstartConfig, model: TransformerLM, tokenizer: BPETokenizer) -> list[str]:
     """Stage 5: `num_samples` continuations of <|endoftext|> + prompt, generated as one batch."""
-    generator = torch.Generator(next(model.parameters()).device).manual_seed(config.seed)
     prompt_ids = tokenizer.encode(END_OF_TEXT) + tokenizer.encode(config.prompt)
     with tqdm(total=config.sample_tokens, unit="tok", desc="sampling", disable=not config.progress) as bar:
         return sample_texts(model, tokenizer, config.prompt, config.num_samples, config.sample_tokens,
-                            config.temperature, config.top_p, generator=generator, prompt_ids=prompt_ids,
+                            config.temperature, config.top_p, seed=config.seed, prompt_ids=prompt_ids,
                             on_token=lambda _: bar.update())
 
 

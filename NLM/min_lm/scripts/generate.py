@@ -58,22 +58,15 @@ def _write(text: str) -> None:
 
 def run(config: GenerateConfig) -> list[str]:
     """Generate `num_samples` continuations of the prompt; print them and return them (prompt included)."""
-    import torch  # imported only when the command runs, so --help answers at once
-
-    from NLM.min_lm.generation import load_model_for, sample_texts
+    from NLM.min_lm.generation import load_model_for, sample_texts  # torch: only when the command runs
 
     tokenizer = load_tokenizer(config.vocab_path, config.merges_path, config.special_tokens)
     model = load_model_for(tokenizer, config.checkpoint, config.device, f"the tokenizer {config.vocab_path}")
-    generator = torch.Generator(next(model.parameters()).device)
-    if config.seed is None:
-        generator.seed()  # fresh randomness on every run
-    else:
-        generator.manual_seed(config.seed)
     streaming = config.num_samples == 1  # one sample is printed token by token, a batch when done
     if streaming:
         _write(config.prompt)
     texts = sample_texts(model, tokenizer, config.prompt, config.num_samples, config.max_tokens,
-                         config.temperature, config.top_p, config.top_k, generator=generator,
+                         config.temperature, config.top_p, config.top_k, seed=config.seed,
                          on_text=_write if streaming else None)
     if streaming:
         _write("\n")

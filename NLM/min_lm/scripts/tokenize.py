@@ -13,11 +13,14 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from NLM.min_lm.args import arg, run_command
 from NLM.min_lm.errors import UserError
 from NLM.min_lm.tokenization import END_OF_TEXT, load_tokenizer
-from NLM.min_lm.tokenization.encode_files import EncodedFile, encode_files, format_summary
+
+if TYPE_CHECKING:
+    from NLM.min_lm.tokenization.encode_files import EncodedFile
 
 
 @dataclass
@@ -39,6 +42,9 @@ class TokenizeConfig:
 
 def run(config: TokenizeConfig) -> list[EncodedFile]:
     """Encode each input file to `output_dir/<stem>.npy`; returns what was written."""
+    # numpy: imported only when the command runs, so --help answers at once
+    from NLM.min_lm.tokenization.encode_files import encode_files, format_summary
+
     inputs = [Path(p) for p in config.inputs]
     for path in inputs:
         if not path.is_file():
