@@ -7,16 +7,20 @@ gradient accumulation (no_sync on the first micro-step); every rank writes its f
 OUT/rank{r}.pt and rank 0 also writes the parameters a single process reaches on the concatenated data.
 It also records all_reduce_mean of (rank + 1) in OUT/mean{r}.txt.
 MODE "fail": rank 1 raises while rank 0 blocks in an all_reduce, to show the job fails fast.
+MODE "budget": trains with the TrainConfig in OUT/config.json (a time budget) on fake clocks that run at a
+different speed on each rank, and writes the iterations each rank trained to OUT/iterations{r}.txt.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import sys
 from pathlib import Path
 
 import torch
 from torch import nn
+from train_helpers import StepClock
 
 from NLM.min_lm.distributed import (
     all_reduce_mean,
@@ -25,6 +29,8 @@ from NLM.min_lm.distributed import (
     teardown,
     wrap_model,
 )
+from NLM.min_lm.training import TrainConfig
+from NLM.min_lm.training.trainer import Trainer
 
 STEPS, MICRO_STEPS, BATCH, WIDTH = 3, 2, 4, 8
 
@@ -67,6 +73,12 @@ def main(mode: str, out: Path) -> None:
             train(wrapped, ctx, ranks=[ctx.rank])
             torch.save(wrapped.module.state_dict(), out / f"rank{ctx.rank}.pt")
             (out / f"mean{ctx.rank}.txt").write_text(repr(all_reduce_mean(ctx.rank + 1.0, ctx, device)))
+        elif mode == "budget":  # rank 0's clock: 6 s per iteration; rank 1's: 60 s
+            clock = StepClock(seconds_per_iteration=6.0 * (1 + 9 * ctx.rank))
+            config = TrainConfig(**json.loads((out / "config.json").read_text()))
+            clock.trainer = Trainer(config, ctx, device, clock=clock)
+            result = clock.trainer.run()
+            (out / f"iterations{ctx.rank}.txt").write_text(str(result.iterations))
         elif mode == "fail":
             if ctx.rank == 1:
                 raise RuntimeError("rank 1 failed on purpose")

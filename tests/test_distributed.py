@@ -368,6 +368,19 @@ def test_ctrl_c_stops_every_rank_and_saves_once(token_files, tmp_path):
     assert len(metrics(tmp_path)[0]) == saved  # metrics.jsonl and the checkpoint tell the same history
 
 
+def test_a_time_budget_stops_every_rank_after_rank_0s_iteration(token_files, tmp_path):
+    """Rank 1's clock runs 10x faster than rank 0's: on its own it would stop after 4 iterations, rank 0
+    after 12 (the clocks are compared every log_interval = 4 iterations: 48 s at 8, 72 s at 12, over the
+    minute). Both follow rank 0, or the job would hang in mismatched collectives."""
+    config = {**TINY_RUN, **token_files, "batch_size": PER_RANK_BATCH, "max_iters": 1000, "max_minutes": 1.0,
+              "log_interval": 4, "checkpoint_path": str(tmp_path / "model.pt")}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    result = torchrun(str(TESTS_DIR / "distributed_worker.py"), "budget", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [(tmp_path / f"iterations{r}.txt").read_text() for r in (0, 1)] == ["12", "12"]
+    assert torch.load(tmp_path / "model.pt", weights_only=True)["elapsed"] == 72.0
+
+
 def test_a_user_mistake_under_torchrun_is_one_error_line_per_rank(token_files, tmp_path):
     missing = tmp_path / "missing.npy"
     flags = train_flags({**token_files, "val_tokens": str(missing)}, tmp_path, max_iters=2)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from NLM.min_lm.scripts import tokenize
-from NLM.min_lm.tokenization import encode_files
+from NLM.min_lm.tokenization import documents, encode_files
 from NLM.min_lm.tokenization.tokenizer import END_OF_TEXT, BPETokenizer
 
 EOT = END_OF_TEXT
@@ -23,7 +23,7 @@ def gpt2(data_dir) -> BPETokenizer:
 @pytest.fixture
 def small_blocks(monkeypatch):
     """Read 64 bytes and encode ~100 characters at a time, so small files span many blocks."""
-    monkeypatch.setattr(encode_files, "READ_BYTES", 64)
+    monkeypatch.setattr(documents, "READ_BYTES", 64)
     monkeypatch.setattr(encode_files, "BLOCK_CHARS", 100)
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -52,3 +54,19 @@ def read_metrics(path: Path) -> list[dict]:
 
 def train_losses(records: list[dict]) -> dict[int, float]:
     return {r["iter"]: r["loss"] for r in records if "loss" in r}
+
+
+class StepClock:
+    """Fake seconds: `seconds_per_iteration` pass with each optimizer step of `trainer`. With `interrupt_at`,
+    the clock sends this process SIGINT (a Ctrl-C) once that iteration is reached."""
+
+    def __init__(self, seconds_per_iteration: float, interrupt_at: int | None = None) -> None:
+        self.seconds_per_iteration, self.interrupt_at = seconds_per_iteration, interrupt_at
+        self.trainer = None  # set once the Trainer exists
+
+    def __call__(self) -> float:
+        iteration = self.trainer.iteration if self.trainer is not None else 0
+        if iteration == self.interrupt_at:
+            self.interrupt_at = None
+            os.kill(os.getpid(), signal.SIGINT)
+        return self.seconds_per_iteration * iteration

@@ -8,9 +8,10 @@ import sys
 # subcommand -> (module under NLM.min_lm.scripts, one-line summary)
 COMMANDS: dict[str, tuple[str, str]] = {
     "quickstart": ("quickstart", "the whole pipeline on a built-in corpus: tokenizer, model, samples"),
-    "train-tokenizer": ("train_tokenizer", "train a byte-level BPE tokenizer on a text file"),
-    "tokenize": ("tokenize", "encode text files into .npy token arrays"),
+    "train-tokenizer": ("train_tokenizer", "train a byte-level BPE tokenizer on text, JSONL or Parquet"),
+    "tokenize": ("tokenize", "encode corpora (text, JSON lines, Parquet) into .npy token arrays"),
     "train": ("train", "train a Transformer LM on .npy token arrays"),
+    "eval": ("evaluate", "score a checkpoint on held-out tokens or text: loss, perplexity, bits/byte"),
     "generate": ("generate", "sample text from a checkpoint"),
     "export-hf": ("export_hf", "export a checkpoint + tokenizer to a Hugging Face directory"),
     "import-hf": ("import_hf", "import a Llama-shaped Hugging Face model as a checkpoint"),

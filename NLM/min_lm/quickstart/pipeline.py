@@ -70,15 +70,18 @@ def make_token_ids(config: QuickstartConfig, corpus: Corpus, tokenizer: BPEToken
 
 
 def train_config(config: QuickstartConfig, vocab_size: int, out_dir: Path) -> TrainConfig:
-    """Stage 4's settings: warmup 5%, cosine decay to lr_max / 10, 10 validations, one checkpoint."""
+    """Stage 4's settings: warmup 5% of the run, cosine decay to lr_max / 10, one checkpoint at the end.
+    A run of fixed length validates 10 times; a time-budgeted one, whose length in iterations is unknown
+    beforehand, every 100 iterations (about 7 times in the default 5 minutes on 2 CPU cores)."""
     iters = config.max_iters
     return TrainConfig(
         train_tokens=str(out_dir / "train.npy"), val_tokens=str(out_dir / "valid.npy"), vocab_size=vocab_size,
         context_length=config.context_length, batch_size=config.batch_size, d_model=config.d_model,
         num_layers=config.num_layers, num_heads=config.num_heads, lr_max=config.lr_max,
         lr_min=config.lr_max / 10, warmup_iters=max(1, iters // 20), max_iters=iters,
-        eval_interval=max(1, iters // 10), eval_iters=10, checkpoint_interval=iters, seed=config.seed,
-        checkpoint_path=str(out_dir / "model.pt"), device=config.device, quiet=not config.progress,
+        max_minutes=config.minutes or None, eval_interval=100 if config.minutes else max(1, iters // 10),
+        eval_iters=10, checkpoint_interval=iters, seed=config.seed, checkpoint_path=str(out_dir / "model.pt"),
+        device=config.device, quiet=not config.progress,
         # --tiny trains for seconds: compiling, or bf16 casts around its tiny matmuls, would not pay
         compile=False if config.tiny else None, dtype="float32" if config.tiny else "auto")
 
@@ -138,6 +141,8 @@ def run_quickstart(config: QuickstartConfig) -> dict:
         "model_config": dataclasses.asdict(model.config),
         "parameters": model.num_parameters(),
         "iterations": result.iterations,
+        "time_budget_minutes": config.minutes or None,
+        "train_seconds": result.elapsed,
         "tokens_seen": result.tokens_seen,
         "train_tokens_per_s": result.tokens_seen / result.elapsed,
         "best_val_loss": result.best_val_loss,
@@ -161,6 +166,7 @@ def _duration(seconds: float) -> str:
 def format_summary(s: dict, out_dir: Path) -> str:
     c = s["model_config"]
     stages = ", ".join(f"{name} {_duration(t)}" for name, t in s["seconds"].items() if name != "total")
+    budget = f", time budget {s['time_budget_minutes']:g} min" if s["time_budget_minutes"] else ""
     rows = [
         ("corpus", f"{s['corpus']}: {s['train_bytes'] / 1e6:.2f} MB train, "
                    f"{s['valid_bytes'] / 1e6:.2f} MB valid"),
@@ -168,8 +174,8 @@ def format_summary(s: dict, out_dir: Path) -> str:
                    f"({s['train_bytes'] / s['train_tokens']:.2f} bytes/token, vocab {s['vocab_size']:,})"),
         ("model", f"{s['parameters'] / 1e6:.2f}M parameters: d_model {c['d_model']}, "
                   f"{c['num_layers']} layers, {c['num_heads']} heads, context {c['context_length']}"),
-        ("training", f"{s['iterations']:,} iterations, {s['tokens_seen']:,} tokens, "
-                     f"{s['train_tokens_per_s']:,.0f} tokens/s"),
+        ("training", f"{s['iterations']:,} iterations, {s['tokens_seen']:,} tokens seen, "
+                     f"{s['train_tokens_per_s']:,.0f} tokens/s{budget}"),
         ("val loss", f"{s['best_val_loss']:.3f} nats/token (best), {s['final_val_loss']:.3f} (final); "
                      f"{s['best_val_bits_per_byte']:.3f} bits/byte"),
         ("unigram entropy", f"{s['valid_unigram_entropy']:.3f} nats/token (of the validation tokens: "

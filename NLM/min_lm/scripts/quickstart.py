@@ -1,6 +1,7 @@
 """The whole pipeline in one command, offline: corpus -> tokenizer -> token ids -> model -> samples.
 
-    minlm quickstart                  # the default run: ~6 minutes on 2 CPU cores
+    minlm quickstart                  # the default run: 5 minutes of training, under 6 in all, any machine
+    minlm quickstart --minutes 2      # a shorter (or longer) training, the same model
     minlm quickstart --tiny           # ~10 seconds: a tiny corpus and model, every stage once
     minlm quickstart --data a.txt     # your own UTF-8 text instead of the built-in corpus
 

@@ -1,6 +1,7 @@
 """Train a Transformer language model on .npy token arrays made by `minlm tokenize`.
 Writes a checkpoint (plus <stem>_best.pt), metrics.jsonl and loss.png; Ctrl-C saves and stops,
---resume continues exactly. Several GPUs: torchrun --nproc_per_node N -m NLM.min_lm.scripts.train ...
+--resume continues exactly. --max_minutes M ends training after M minutes (the LR schedule then spans
+them, whatever the machine's speed). Several GPUs: torchrun --nproc_per_node N -m NLM.min_lm.scripts.train ...
 (--batch_size is per process).
 """
 

@@ -23,14 +23,15 @@ from __future__ import annotations
 import heapq
 import os
 import warnings
-from collections import defaultdict
+from collections import Counter, defaultdict
 from itertools import pairwise
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from NLM.min_lm.errors import UserError
-from NLM.min_lm.tokenization.pretokenize import count_pretokens_in_file
+from NLM.min_lm.tokenization.documents import BadRecords, file_format, read_records
+from NLM.min_lm.tokenization.pretokenize import count_pretokens_in_documents, count_pretokens_in_file
 
 # Maps byte value i (as a latin-1 character) to code point 255 - i; see `_descending_key`.
 _INVERT_BYTES = {i: 255 - i for i in range(256)}
@@ -47,43 +48,57 @@ def _descending_key(token: bytes) -> str:
 
 
 def train_bpe(
-    input_path: str | os.PathLike,
+    input_path: str | os.PathLike | list[Path],
     vocab_size: int,
     special_tokens: list[str],
     *,
     num_workers: int | None = None,
     chunk_size: int = 4 << 20,
     verbose: bool = False,
+    text_field: str = "text",
+    bad_records: BadRecords | None = None,
 ) -> tuple[dict[int, bytes], list[tuple[bytes, bytes]]]:
-    """Learn a byte-level BPE vocabulary of `vocab_size` tokens from the UTF-8 text file `input_path`.
+    """Learn a byte-level BPE vocabulary of `vocab_size` tokens from the UTF-8 text file `input_path`
+    (or from a list of files in any format `documents` reads: one corpus, its documents counted apart).
 
     Returns (vocab, merges): vocab maps ids to token bytes (special tokens 0..k-1, then the 256
     single bytes, then one token per merge in order); merges lists the merged pairs in the order
     they were learned. Fewer merges come back when the text runs out of pairs.
 
     Options: `num_workers` processes count pre-tokens (default: the CPUs this process may use),
-    reading the file in ranges of about `chunk_size` bytes; `verbose` shows progress bars.
+    reading the file in ranges of about `chunk_size` bytes; `verbose` shows progress bars; `text_field`
+    and `bad_records` are for files of records (see `documents`).
     Invalid UTF-8 is replaced by U+FFFD, with one warning giving how many sequences were bad.
     """
-    path = Path(input_path)
+    paths = [Path(p) for p in input_path] if isinstance(input_path, list) else [Path(input_path)]
     if isinstance(special_tokens, str):
         raise UserError(f"special_tokens must be a list of strings, got the string {special_tokens!r}")
     special_tokens = list(special_tokens)
-    _check_arguments(path, vocab_size, special_tokens)
+    _check_arguments(paths, vocab_size, special_tokens)
     if num_workers is None:
         num_workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     if num_workers < 1:
         raise UserError(f"num_workers must be at least 1, got {num_workers}")
 
-    word_counts, num_replaced = count_pretokens_in_file(
-        path, special_tokens, num_workers=num_workers, chunk_size=chunk_size, verbose=verbose
-    )
-    if num_replaced:
-        warnings.warn(
-            f"{path}: {num_replaced} invalid UTF-8 sequence(s) replaced by U+FFFD",
-            UnicodeWarning,
-            stacklevel=2,
-        )
+    word_counts: Counter[str] = Counter()
+    for path in paths:
+        if file_format(path) in (None, "text"):
+            counts, num_replaced = count_pretokens_in_file(
+                path, special_tokens, num_workers=num_workers, chunk_size=chunk_size, verbose=verbose
+            )
+            if num_replaced:
+                warnings.warn(
+                    f"{path}: {num_replaced} invalid UTF-8 sequence(s) replaced by U+FFFD",
+                    UnicodeWarning,
+                    stacklevel=2,
+                )
+        else:
+            counts = count_pretokens_in_documents(read_records(path, text_field, bad_records), special_tokens,
+                                                  num_workers, chunk_size, verbose)
+        if word_counts:
+            word_counts.update(counts)
+        else:  # one file: no copy of its (large) table
+            word_counts = counts
 
     num_merges = vocab_size - len(special_tokens) - 256
     merge_ids, tokens = learn_merges(word_counts, num_merges, verbose=verbose)
@@ -94,14 +109,16 @@ def train_bpe(
     return vocab, merges
 
 
-def _check_arguments(path: Path, vocab_size: int, special_tokens: list[str]) -> None:
+def _check_arguments(paths: list[Path], vocab_size: int, special_tokens: list[str]) -> None:
     """Reject input that cannot give a meaningful vocabulary, naming the file or value at fault."""
-    if not path.exists():
-        raise UserError(f"{path}: no such file")
-    if not path.is_file():
-        raise UserError(f"{path}: not a regular file")
-    if path.stat().st_size == 0:
-        raise UserError(f"{path}: the file is empty, there is nothing to train on")
+    for path in paths:
+        if not path.exists():
+            raise UserError(f"{path}: no such file")
+        if not path.is_file():
+            raise UserError(f"{path}: not a regular file")
+    if all(path.stat().st_size == 0 for path in paths):
+        what = "the file is" if len(paths) == 1 else "the files are"
+        raise UserError(f"{paths[0]}: {what} empty, there is nothing to train on")
     for token in special_tokens:
         if not isinstance(token, str) or not token:
             raise UserError(f"special tokens must be non-empty strings, got {token!r}")

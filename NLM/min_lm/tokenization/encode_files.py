@@ -1,23 +1,23 @@
-"""Encode text files into .npy arrays of token ids, with flat memory whatever the file size.
+"""Encode corpora into .npy arrays of token ids, with flat memory whatever their size.
 
-The file is read in blocks, cut where the encoding can be split (see `BPETokenizer.split_for_encoding`),
-encoded by a pool of processes with a bounded number of blocks in flight, and the ids are appended to a
-temporary file in order. Only when the input is done is the .npy written (header + ids) and renamed into
-place, so a failed or interrupted run leaves no partial output. The arrays are uint16 when every id fits,
-else uint32, ready for `np.load(path, mmap_mode="r")` in training.
+An input is one file or several (a folder's, a glob's), in any format `documents` reads, and becomes one
+stream of text: the documents joined by the end-of-text token. The text is read in blocks, cut where the
+encoding can be split (see `BPETokenizer.split_for_encoding`), encoded by a pool of processes with a bounded
+number of blocks in flight, and the ids are appended to a temporary file in order. Only when the input is
+done is the .npy written (header + ids) and renamed into place, so a failed or interrupted run leaves no
+partial output. The arrays are uint16 when every id fits, else uint32, ready for `np.load(path,
+mmap_mode="r")` in training.
 """
 
 from __future__ import annotations
 
-import codecs
 import multiprocessing
 import multiprocessing.pool
+import os
 import shutil
 import tempfile
 import time
-from collections import deque
-from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -26,19 +26,29 @@ from tqdm.auto import tqdm
 
 from NLM.min_lm.errors import UserError
 from NLM.min_lm.fileio import atomic_path
-from NLM.min_lm.tokenization.tokenizer import BPETokenizer
+from NLM.min_lm.tokenization.documents import BadRecords, file_format, iter_texts
+from NLM.min_lm.tokenization.parallel import imap_bounded
+from NLM.min_lm.tokenization.tokenizer import END_OF_TEXT, BPETokenizer
 
-READ_BYTES = 1 << 20  # bytes read from the input at a time
 BLOCK_CHARS = 1 << 20  # characters encoded per task
 
 
 @dataclass
 class EncodedFile:
-    input_path: Path
+    input_path: Path  # the file read, or the folder holding the files read
     output_path: Path
     num_tokens: int
-    num_bytes: int
+    num_bytes: int  # UTF-8 bytes of the text encoded
     seconds: float
+    files: list[Path] = field(default_factory=list)  # the files read, in order, as one corpus
+    bad_records: BadRecords = field(default_factory=BadRecords)  # the records skipped, if any
+
+    @property
+    def source(self) -> str:
+        """What was read, for messages: the file, or "N files in <folder>"."""
+        if len(self.files) <= 1:
+            return str(self.input_path)
+        return f"{len(self.files)} files in {self.input_path}"
 
 
 def token_dtype(tokenizer: BPETokenizer) -> np.dtype:
@@ -46,17 +56,21 @@ def token_dtype(tokenizer: BPETokenizer) -> np.dtype:
     return np.dtype(np.uint16 if max(tokenizer.vocab) < 2**16 else np.uint32)
 
 
-def encode_files(tokenizer: BPETokenizer, inputs: list[Path], outputs: list[Path], workers: int = 1,
-                 progress: bool = False) -> list[EncodedFile]:
-    """Encode each input file to its output .npy; `workers` > 1 encodes blocks in a process pool."""
+def encode_files(tokenizer: BPETokenizer, inputs: list[Path | list[Path]], outputs: list[Path],
+                 workers: int = 1, progress: bool = False, text_field: str = "text",
+                 skip_bad_records: bool = False) -> list[EncodedFile]:
+    """Encode each input (a file, or a list of files read as one corpus) to its output .npy; `workers` > 1
+    encodes blocks in a process pool. `text_field` and `skip_bad_records`: see `documents`."""
     dtype = token_dtype(tokenizer)
     results = []
     pool = None
     if workers > 1:
         pool = multiprocessing.get_context().Pool(workers, _init_worker, (tokenizer, dtype))
     try:
-        for input_path, output_path in zip(inputs, outputs, strict=True):
-            results.append(encode_file(tokenizer, dtype, pool, input_path, output_path, workers, progress))
+        for files, output_path in zip(inputs, outputs, strict=True):
+            files = files if isinstance(files, list) else [files]
+            results.append(encode_file(tokenizer, pool, files, output_path, workers, progress, text_field,
+                                       BadRecords(skip=skip_bad_records)))
     finally:
         if pool is not None:
             pool.terminate()
@@ -64,23 +78,35 @@ def encode_files(tokenizer: BPETokenizer, inputs: list[Path], outputs: list[Path
     return results
 
 
-def encode_file(tokenizer: BPETokenizer, dtype: np.dtype, pool: multiprocessing.pool.Pool | None,
-                input_path: Path, output_path: Path, workers: int = 1, progress: bool = False) -> EncodedFile:
-    """Encode one file, appending ids to a temporary raw file, then write the .npy atomically."""
+def encode_file(tokenizer: BPETokenizer, pool: multiprocessing.pool.Pool | None, files: list[Path],
+                output_path: Path, workers: int = 1, progress: bool = False, text_field: str = "text",
+                bad_records: BadRecords | None = None) -> EncodedFile:
+    """Encode one corpus, appending ids to a temporary raw file, then write the .npy atomically. A pool
+    must have been started with `_init_worker`; without one, this process encodes the blocks."""
+    bad_records = bad_records if bad_records is not None else BadRecords()
+    several_documents = len(files) > 1 or file_format(files[0]) not in (None, "text")
+    if several_documents and END_OF_TEXT not in tokenizer.special_tokens:
+        raise UserError(f"{files[0]}: documents are joined by {END_OF_TEXT}, which the tokenizer must have "
+                        f"as a special token (--special_tokens)")
     start = time.perf_counter()
-    num_bytes = input_path.stat().st_size
-    blocks = tokenizer.split_for_encoding(read_text(input_path), BLOCK_CHARS)
-    bar = tqdm(total=num_bytes, unit="B", unit_scale=True, desc=input_path.name, disable=not progress)
+    dtype = token_dtype(tokenizer)
+    if pool is None:
+        _init_worker(tokenizer, dtype)
+    bar = tqdm(total=sum(p.stat().st_size for p in files), unit="B", unit_scale=True, desc=output_path.stem,
+               disable=not progress)  # input bytes read, compressed or not
+    blocks = tokenizer.split_for_encoding(iter_texts(files, text_field, bad_records, bar.update), BLOCK_CHARS)
     output_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryFile(dir=output_path.parent) as raw, bar:
-        num_tokens = 0
-        for ids, block_bytes in _encode_in_order(tokenizer, dtype, pool, blocks, workers):
+        num_tokens = num_bytes = 0
+        for ids, block_bytes in imap_bounded(pool, _encode_block, blocks, 2 * workers):
             raw.write(ids.tobytes())
             num_tokens += len(ids)
-            bar.update(block_bytes)
+            num_bytes += block_bytes
         raw.seek(0)
         write_npy(raw, dtype, num_tokens, output_path)
-    return EncodedFile(input_path, output_path, num_tokens, num_bytes, time.perf_counter() - start)
+    input_path = files[0] if len(files) == 1 else Path(os.path.commonpath(files))
+    return EncodedFile(input_path, output_path, num_tokens, num_bytes, time.perf_counter() - start, files,
+                       bad_records)
 
 
 def write_npy(raw: BinaryIO, dtype: np.dtype, length: int, path: Path) -> None:
@@ -92,37 +118,8 @@ def write_npy(raw: BinaryIO, dtype: np.dtype, length: int, path: Path) -> None:
         shutil.copyfileobj(raw, out, 1 << 24)
 
 
-def _encode_in_order(
-    tokenizer: BPETokenizer,
-    dtype: np.dtype,
-    pool: multiprocessing.pool.Pool | None,
-    blocks: Iterator[str],
-    workers: int,
-) -> Iterator[tuple[np.ndarray, int]]:
-    """Yield (ids, UTF-8 length) for each block, in input order.
-
-    With a pool, at most two blocks per worker are in flight, so reading never runs ahead of
-    encoding by more than that (Pool.imap would read the whole file into its task queue).
-    """
-    if pool is None:
-        for block in blocks:
-            yield _encode_block_with(tokenizer, dtype, block)
-        return
-    in_flight: deque = deque()
-    for block in blocks:
-        in_flight.append(pool.apply_async(_encode_block, (block,)))
-        if len(in_flight) >= 2 * workers:
-            yield in_flight.popleft().get()
-    while in_flight:
-        yield in_flight.popleft().get()
-
-
-def _encode_block_with(tokenizer: BPETokenizer, dtype: np.dtype, block: str) -> tuple[np.ndarray, int]:
-    return np.array(tokenizer.encode(block), dtype=dtype), len(block.encode("utf-8", errors="surrogatepass"))
-
-
 # Each pool process holds its own tokenizer (with its own caches, which warm up over the blocks it
-# encodes); it is set once by the pool initializer.
+# encodes); it is set once by the pool initializer (or in this process, when there is no pool).
 _worker_state: dict[str, object] = {}
 
 
@@ -132,32 +129,15 @@ def _init_worker(tokenizer: BPETokenizer, dtype: np.dtype) -> None:
 
 
 def _encode_block(block: str) -> tuple[np.ndarray, int]:
-    return _encode_block_with(_worker_state["tokenizer"], _worker_state["dtype"], block)
-
-
-def read_text(path: Path) -> Iterator[str]:
-    """Yield the file's text in pieces, decoding UTF-8 across read boundaries (newlines kept as is)."""
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    offset = 0
-    with open(path, "rb") as f:
-        while True:
-            data = f.read(READ_BYTES)
-            held_back = len(decoder.getstate()[0])  # bytes of a character split by the last read
-            try:
-                text = decoder.decode(data, final=not data)
-            except UnicodeDecodeError as e:
-                position = offset - held_back + e.start
-                raise UserError(f"{path}: not UTF-8 text (invalid byte at offset {position})") from None
-            if text:
-                yield text
-            if not data:
-                return
-            offset += len(data)
+    """The block's ids, and its size in UTF-8 bytes (with at most two blocks per worker in flight, reading
+    never runs ahead of encoding by more than that)."""
+    ids = _worker_state["tokenizer"].encode(block)
+    return np.array(ids, dtype=_worker_state["dtype"]), len(block.encode("utf-8", errors="surrogatepass"))
 
 
 def format_summary(results: list[EncodedFile]) -> str:
     """One line per file (tokens, bytes per token, speed), plus a total line for several files."""
-    lines = [f"{r.input_path} -> {r.output_path}: {r.num_tokens:,} tokens, "
+    lines = [f"{r.source} -> {r.output_path}: {r.num_tokens:,} tokens, "
              f"{r.num_bytes / max(r.num_tokens, 1):.2f} bytes/token, {r.num_bytes / 1e6 / r.seconds:.2f} MB/s"
              for r in results]
     if len(results) > 1:

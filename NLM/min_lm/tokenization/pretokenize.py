@@ -9,7 +9,9 @@ Two rules, applied in this order:
 
 For training on large files the second half of this module counts pre-tokens in parallel: the file
 is cut into byte ranges at places where cutting cannot change the pre-tokenization, and each worker
-process reads and counts its own range, so memory holds one range per worker plus the counts.
+process reads and counts its own range, so memory holds one range per worker plus the counts. Records
+(JSON lines, Parquet rows) are documents that pre-tokens never cross, so they are counted in groups sent
+to the workers as they are read.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from pathlib import Path
 
 import regex
 from tqdm.auto import tqdm
+
+from NLM.min_lm.tokenization.parallel import imap_bounded
 
 GPT2_SPLIT_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 GPT2_REGEX = regex.compile(GPT2_SPLIT_PATTERN)
@@ -131,9 +135,10 @@ def pretokenize(text: str) -> list[str]:
     return pretokens
 
 
-def count_pretokens(text: str, special_tokens: list[str]) -> Counter[str]:
-    """How often each pre-token occurs in `text` (special tokens cut the text and are not counted)."""
-    counts: Counter[str] = Counter()
+def count_pretokens(text: str, special_tokens: list[str], counts: Counter[str] | None = None) -> Counter[str]:
+    """How often each pre-token occurs in `text` (special tokens cut the text and are not counted), added
+    to `counts` when given."""
+    counts = Counter() if counts is None else counts
     for i, piece in enumerate(split_on_special_tokens(text, special_tokens)):
         if i % 2 == 0 and piece:
             counts.update(pretokenize(piece))
@@ -189,6 +194,53 @@ def count_pretokens_in_file(
             counts = chunk_counts
         num_replaced += chunk_replaced
     return counts, num_replaced
+
+
+def count_pretokens_in_documents(
+    documents: Iterable[str],
+    special_tokens: list[str],
+    num_workers: int = 1,
+    chunk_chars: int = 4 << 20,
+    verbose: bool = False,
+) -> Counter[str]:
+    """Count the pre-tokens of a stream of documents, each on its own (pre-tokens never cross from one
+    document to the next, as if an end-of-text special token stood between them). Documents are grouped
+    into tasks of about `chunk_chars` characters; with `num_workers > 1` a pool counts them, a few tasks
+    ahead of the reading at most, so memory stays bounded whatever the number of documents."""
+    tasks = ((group, special_tokens) for group in _groups(documents, chunk_chars))
+    counts: Counter[str] = Counter()
+    pool = multiprocessing.Pool(num_workers) if num_workers > 1 else None
+    try:
+        results = imap_bounded(pool, _count_documents, tasks, 2 * num_workers)
+        for group_counts in tqdm(results, desc="pre-tokenizing", unit="chunk", disable=not verbose):
+            counts.update(group_counts)
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+    return counts
+
+
+def _groups(documents: Iterable[str], chunk_chars: int) -> Iterator[list[str]]:
+    group: list[str] = []
+    size = 0
+    for document in documents:
+        group.append(document)
+        size += len(document)
+        if size >= chunk_chars:
+            yield group
+            group, size = [], 0
+    if group:
+        yield group
+
+
+def _count_documents(task: tuple[list[str], list[str]]) -> Counter[str]:
+    """Worker: the pre-token counts of a group of documents."""
+    documents, special_tokens = task
+    counts: Counter[str] = Counter()
+    for document in documents:
+        count_pretokens(document, special_tokens, counts)
+    return counts
 
 
 def _map_tasks(tasks: list, num_workers: int) -> Iterator[tuple[Counter[str], int]]:

@@ -60,6 +60,9 @@ class TrainConfig:
     grad_accum_steps: int = field(default=1, metadata=arg("micro-batches accumulated per optimizer step"))
     # run length and logging
     max_iters: int = field(default=1000, metadata=arg("optimizer steps in the whole run"))
+    max_minutes: float | None = field(default=None, metadata=arg(
+        "also stop after this many minutes of training (validation included), then evaluate and save; "
+        "the LR schedule follows the larger of iteration/max_iters and time/budget"))
     eval_interval: int = field(default=100, metadata=arg("iterations between validation passes"))
     eval_iters: int = field(default=10, metadata=arg("validation batches per pass "
                                                              "(the same ones every time)"))
@@ -111,6 +114,8 @@ class TrainConfig:
             raise UserError(f"--d_model / --num_heads ({head_dim}) must be even: RoPE rotates pairs")
         if self.rope_theta <= 0:
             raise UserError(f"--rope_theta must be positive, got {self.rope_theta!r}")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise UserError(f"--max_minutes must be positive, got {self.max_minutes!r}")
         if self.norm_eps <= 0:
             raise UserError(f"--norm_eps must be positive, got {self.norm_eps!r}")
         if self.lr_min > self.lr_max:
@@ -147,6 +152,11 @@ class TrainConfig:
         """The best-validation checkpoint, beside the latest one: runs/model.pt -> runs/model_best.pt."""
         path = Path(self.checkpoint_path)
         return path.with_name(f"{path.stem}_best{path.suffix}")
+
+    @property
+    def time_budget(self) -> float | None:
+        """--max_minutes in seconds."""
+        return None if self.max_minutes is None else 60.0 * self.max_minutes
 
     @property
     def run_path(self) -> Path:

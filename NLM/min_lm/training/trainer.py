@@ -44,6 +44,7 @@ from NLM.min_lm.distributed import (
 )
 from NLM.min_lm.errors import UserError
 from NLM.min_lm.training.acceleration import resolve_compile, resolve_dtype
+from NLM.min_lm.training.budget import budget_spent, effective_iteration
 from NLM.min_lm.training.config import TrainConfig
 from NLM.min_lm.training.data import BatchSampler, open_tokens, validation_starts
 from NLM.min_lm.training.interrupt import StopRequest, stop_requests
@@ -91,17 +92,19 @@ class DivergenceWatch:
 
 
 def train(config: TrainConfig, *, loss_fn: LossFn | None = None,
-          on_record: Callable[[dict[str, Any]], object] | None = None) -> TrainResult:
+          on_record: Callable[[dict[str, Any]], object] | None = None,
+          clock: Callable[[], float] = time.perf_counter) -> TrainResult:
     """Train a TransformerLM as `config` says. The body of `minlm train`, callable from Python.
 
     loss_fn(logits, targets): the training and validation loss (e.g. to add label smoothing); by default
     the model's fused cross-entropy, which never materialises the logits.
     on_record(record): called with every metrics record (a training or validation line of metrics.jsonl)
     right after it is logged, e.g. to watch a run from a notebook.
+    clock(): seconds, measuring the training time that --max_minutes bounds (tests pass a fake one).
     """
     ctx, device = setup_distributed(config.device)
     try:
-        return Trainer(config, ctx, device, loss_fn=loss_fn, on_record=on_record).run()
+        return Trainer(config, ctx, device, loss_fn=loss_fn, on_record=on_record, clock=clock).run()
     except UserError as e:
         if ctx.enabled:  # under torchrun every rank prints its own error: say whose it is
             e.args = (f"[rank {ctx.rank}] {e}",)
@@ -115,8 +118,9 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, ctx: DistContext, device: torch.device, *,
                  loss_fn: LossFn | None = None,
-                 on_record: Callable[[dict[str, Any]], object] | None = None) -> None:
-        self.config, self.ctx, self.device = config, ctx, device
+                 on_record: Callable[[dict[str, Any]], object] | None = None,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        self.config, self.ctx, self.device, self.clock = config, ctx, device, clock
         self.loss_fn, self.on_record = loss_fn, on_record
         c = config
         # 1. data: checked in full before anything is built or written
@@ -146,11 +150,12 @@ class Trainer:
         self.elapsed_before = 0.0  # seconds spent in earlier sessions of a resumed run
         self.saved_iteration: int | None = None  # the iteration in the checkpoint file now, if any
         self.val_loss: float | None = None  # the latest validation loss
-        self.session_start = time.perf_counter()
+        self.session_start = clock()
         if c.resume:
             self._resume()
         elif c.init_from is not None:
             self._init_weights(Path(c.init_from))
+        self.agreed_elapsed = self.elapsed_before  # rank 0's training time, the same on every process
 
         # 4. what runs the steps: compiled where that works (the fused loss inside stays eager, see
         #    transformer/loss.py), wrapped for data parallelism; the bare `self.model` shares its
@@ -279,6 +284,9 @@ class Trainer:
         self.sampler.load_state(saved["sampler_state"])
         self.best_val_loss = saved["best_val_loss"] if saved["best_val_loss"] is not None else math.inf
         self.elapsed_before = saved["elapsed"]
+        if self.config.time_budget is not None and self.elapsed_before >= self.config.time_budget:
+            raise UserError(f"--resume: {path} has already trained {self.elapsed_before / 60:.1f} minutes; "
+                            f"raise --max_minutes (now {self.config.max_minutes}) to train further")
         self.saved_iteration = self.iteration
 
     # ---- the loop ------------------------------------------------------------------------------------------
@@ -291,14 +299,14 @@ class Trainer:
         c = self.config
         self.metrics = self._open_metrics()
         self._say(self._header())
-        self.session_start = time.perf_counter()
+        self.session_start = self.clock()
         first_iteration = self.iteration
         stopped_by = ""
+        last = False
         try:
             with stop_requests() as stop, self._progress_bar() as self.bar:
-                while self.iteration < c.max_iters and not stopped_by:
-                    lr = get_lr_cosine_schedule(self.iteration, c.lr_max, c.lr_min, c.warmup_iters,
-                                                c.max_iters)
+                while not last and not stopped_by:
+                    lr = self.learning_rate()
                     if self.iteration == first_iteration:
                         with self.throughput.paused():
                             loss = self.train_step(lr)
@@ -307,7 +315,7 @@ class Trainer:
                         self.throughput.add(self.global_batch_tokens)
                     self.iteration += 1
                     self.bar.update()
-                    last = self.iteration == c.max_iters
+                    last = self.budget_spent()
                     if self.iteration % c.log_interval == 0 or last:
                         stopped_by = self.log_training(loss, lr, stop)
                     if self.iteration % c.eval_interval == 0 or last:
@@ -324,6 +332,22 @@ class Trainer:
             if self.wandb_run is not None:
                 self.wandb_run.finish()
         return self._finish(stopped_by)
+
+    def learning_rate(self) -> float:
+        """The schedule at the run's progress: the larger of iteration/max_iters and time/budget."""
+        c = self.config
+        it = effective_iteration(self.iteration, c.max_iters, self.agreed_elapsed, c.time_budget)
+        return get_lr_cosine_schedule(it, c.lr_max, c.lr_min, c.warmup_iters, c.max_iters)
+
+    def budget_spent(self) -> bool:
+        """Whether the iterations or the time are used up. Under torchrun the time is rank 0's, sent to
+        every process every `log_interval` iterations (a collective waits for the GPU, so not after every
+        step), so all of them use the same learning rate and stop after the same iteration."""
+        c = self.config
+        if c.time_budget is not None and (not self.ctx.enabled or self.iteration % c.log_interval == 0):
+            elapsed = self.elapsed() if self.ctx.is_main else 0.0
+            self.agreed_elapsed = all_reduce_mean(elapsed, self.ctx, self.device) * self.ctx.world_size
+        return budget_spent(self.iteration, c.max_iters, self.agreed_elapsed, c.time_budget)
 
     def log_training(self, loss: torch.Tensor, lr: float, stop: StopRequest) -> str:
         """Log the loss, tokens/s and (on GPUs) MFU. This is where the host waits for the device, once per
@@ -381,6 +405,9 @@ class Trainer:
             plot_path=c.run_path / "loss.png",
             interrupted=bool(stopped_by),
         )
+        if not stopped_by and self.iteration < c.max_iters:
+            self._say(f"time budget of {c.max_minutes:g} min used up at iteration {self.iteration:,}: "
+                      f"{result.tokens_seen:,} tokens seen")
         if stopped_by and self.ctx.is_main:  # said even when quiet: the user must learn where the work went
             print(f"{stopped_by}: stopped after iteration {self.iteration}; checkpoint saved to "
                   f"{c.checkpoint_path}; continue with the same flags plus --resume")
@@ -391,7 +418,7 @@ class Trainer:
 
     def elapsed(self) -> float:
         """Training seconds so far, over all sessions of a resumed run."""
-        return self.elapsed_before + time.perf_counter() - self.session_start
+        return self.elapsed_before + self.clock() - self.session_start
 
     def _open_metrics(self) -> MetricsLog | None:
         """metrics.jsonl on process 0; a fresh run warns before it replaces an earlier run's files."""
@@ -404,7 +431,9 @@ class Trainer:
                           wandb_run=self.wandb_run)
 
     def _progress_bar(self) -> tqdm:
-        return tqdm(total=self.config.max_iters, initial=self.iteration, unit="it", dynamic_ncols=True,
+        """Iterations out of max_iters; a time-budgeted run counts them without knowing the end."""
+        total = self.config.max_iters if self.config.time_budget is None else None
+        return tqdm(total=total, initial=self.iteration, unit="it", dynamic_ncols=True,
                     disable=self.config.quiet or not self.ctx.is_main)
 
     def _say(self, text: str, write: Callable[[str], Any] = print) -> None:
@@ -431,4 +460,4 @@ class Trainer:
             f"{start}: {self.model.num_parameters():,} parameters on {self.device} ({self.dtype}, {mode}); "
                 f"global batch {self.global_batch_tokens:,} tokens = {ctx.world_size} process(es) x "
                 f"{c.batch_size} sequences x {c.grad_accum_steps} accumulation x {c.context_length} tokens; "
-                f"{c.max_iters} iterations"])
+                f"{c.max_iters} iterations" + (f" or {c.max_minutes:g} min" if c.max_minutes else "")])
