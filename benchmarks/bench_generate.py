@@ -2,16 +2,20 @@
 
 All three decode the same number of new tokens greedily from the same random prompt with a model of
 the same shape (pre-norm RMSNorm, RoPE, SwiGLU, no biases: a Llama-shaped model, so the peer is
-transformers' LlamaForCausalLM with its own KV cache). Each is timed `--repeats` times after a
-warm-up; the best time counts. Prints a table and writes benchmarks/results/bench_generate.json.
+transformers' LlamaForCausalLM with its own KV cache). Each is warmed up once, then the rows are timed
+in `--repeats` interleaved rounds (one run of each row per round, so load from other processes hits all
+alike); the best time counts. `--compile_step` adds generate(compile_step=True): the fixed-size cache with
+a compiled one-token step (reduce-overhead CUDA graphs on a GPU; its compilation is in the warm-up).
+Prints a table and writes benchmarks/results/bench_generate.json.
 
-    python benchmarks/bench_generate.py [--device cuda] [--new_tokens 256]
+    python benchmarks/bench_generate.py [--device cuda] [--new_tokens 256] [--compile_step]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,16 +38,19 @@ def sync(device: str) -> None:
         torch.mps.synchronize()
 
 
-def best_time(fn: Callable[[], torch.Tensor], repeats: int, device: str) -> tuple[float, torch.Tensor]:
-    fn()  # warm-up: allocator, kernels, lazy inits
-    best, out = float("inf"), None
+def best_times(runs: dict[str, Callable[[], torch.Tensor]], repeats: int, device: str
+               ) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+    """Warm each run up, then time them in `repeats` interleaved rounds; the best time of each, its output."""
+    outputs = {name: fn() for name, fn in runs.items()}  # warm-up: allocator, kernels, lazy inits, compiling
+    best = dict.fromkeys(runs, float("inf"))
     for _ in range(repeats):
-        sync(device)
-        start = time.perf_counter()
-        out = fn()
-        sync(device)
-        best = min(best, time.perf_counter() - start)
-    return best, out
+        for name, fn in runs.items():
+            sync(device)
+            start = time.perf_counter()
+            outputs[name] = fn()
+            sync(device)
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best, outputs
 
 
 def hf_peer(model: TransformerLM, device: str):
@@ -80,6 +87,7 @@ def main() -> None:
     parser.add_argument("--prompt_tokens", type=int, default=16)
     parser.add_argument("--new_tokens", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--compile_step", action="store_true", help="also time generate(compile_step=True)")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args()
 
@@ -92,17 +100,13 @@ def main() -> None:
     prompt = torch.randint(0, args.vocab_size, (1, args.prompt_tokens), device=device)
     n = args.new_tokens
 
-    rows = []
-    cached_s, cached_ids = best_time(
-        lambda: generate(model, prompt, n, temperature=0, use_cache=True), args.repeats, device
-    )
-    rows.append(("min_lm generate, KV cache", cached_s))
-    full_s, full_ids = best_time(
-        lambda: generate(model, prompt, n, temperature=0, use_cache=False), args.repeats, device
-    )
-    rows.append(("min_lm generate, full recompute", full_s))
-    same_tokens = bool(torch.equal(cached_ids, full_ids))
-
+    runs = {
+        "min_lm generate, KV cache": lambda: generate(model, prompt, n, temperature=0),
+        "min_lm generate, full recompute": lambda: generate(model, prompt, n, temperature=0, use_cache=False),
+    }
+    if args.compile_step:
+        runs["min_lm generate, fixed-size cache, compiled step"] = (
+            lambda: generate(model, prompt, n, temperature=0, compile_step=True))
     peer = hf_peer(model, device)
     if peer is not None:
         import transformers
@@ -114,8 +118,13 @@ def main() -> None:
                     eos_token_id=None, pad_token_id=0,
                 )
 
-        peer_s, _ = best_time(run_peer, args.repeats, device)
-        rows.append((f"transformers {transformers.__version__} LlamaForCausalLM.generate, KV cache", peer_s))
+        runs[f"transformers {transformers.__version__} LlamaForCausalLM.generate, KV cache"] = run_peer
+    load_before = os.getloadavg()
+    times, outputs = best_times(runs, args.repeats, device)
+    rows = list(times.items())
+    cached_s, full_s = times["min_lm generate, KV cache"], times["min_lm generate, full recompute"]
+    same_tokens = all(torch.equal(outputs["min_lm generate, full recompute"], outputs[name])
+                      for name in runs if name.startswith("min_lm"))
 
     print(f"{n} new tokens after a {args.prompt_tokens}-token prompt, greedy, batch 1, {device}; "
           f"model d_model={args.d_model} layers={args.num_layers} heads={args.num_heads} "
@@ -135,6 +144,9 @@ def main() -> None:
         "results": [{"name": name, "seconds": s, "tokens_per_s": n / s} for name, s in rows],
         "cache_speedup_over_full_recompute": full_s / cached_s,
         "cache_and_full_recompute_give_the_same_tokens": same_tokens,
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
+        "timing": "best of --repeats interleaved rounds after one warm-up run each",
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,10 @@ validation loss. The run goes to a temporary directory; its summary (without the
 wall time, the load average before and after (a machine busy with other work trains on fewer tokens in
 the same minutes) and the machine go to benchmarks/results/bench_quickstart.json.
 
+It also records where the CPU time went (resource.getrusage of this process and its workers): user vs
+kernel ("system") seconds and minor page faults; a large kernel share means memory churn, big temporaries
+mapped and unmapped every step (the target is under 5% of the CPU time in the kernel).
+
     python benchmarks/bench_quickstart.py            # the default run (under 6 minutes)
     python benchmarks/bench_quickstart.py --tiny     # the ~10-second run the tests use
 """
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -45,6 +50,10 @@ def main() -> None:
         start = time.perf_counter()
         summary = run_quickstart(QuickstartConfig(out_dir=tmp, tiny=args.tiny, device="cpu", progress=False))
         wall = time.perf_counter() - start
+    usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    user, system = sum(u.ru_utime for u in usage), sum(u.ru_stime for u in usage)
+    cpu = dict(user_s=user, system_s=system, system_share=system / (user + system),
+               minor_page_faults=sum(u.ru_minflt for u in usage))
     load_after = os.getloadavg()
     cores = os.cpu_count() or 1
     loaded = max(load_before[0], load_after[0]) > cores
@@ -54,6 +63,8 @@ def main() -> None:
             ("best validation loss", f"{summary['best_val_loss']:.3f} nats/token"),
             ("unigram entropy (validation)", f"{summary['valid_unigram_entropy']:.3f} nats/token"),
             ("training speed", f"{summary['train_tokens_per_s']:,.0f} tokens/s"),
+            ("CPU time in the kernel", f"{cpu['system_share']:.1%} ({system:.0f} of {user + system:.0f} s)"),
+            ("minor page faults", f"{cpu['minor_page_faults']:,}"),
             ("load average (1 min)", f"{load_before[0]:.1f} before, {load_after[0]:.1f} after, on {cores} "
                                      f"cores{': LOADED by other work' if loaded else ''}")]
     for name, value in rows:
@@ -63,7 +74,7 @@ def main() -> None:
     out.write_text(json.dumps({"benchmark": "minlm quickstart" + (" --tiny" if args.tiny else ""),
                                "wall_seconds": wall, "target": "wall_seconds <= 360 on 2 cores",
                                "tokens_seen": summary["tokens_seen"],
-                               "best_val_loss": summary["best_val_loss"],
+                               "best_val_loss": summary["best_val_loss"], "cpu_time": cpu,
                                "load_average_1min": {"before": load_before[0], "after": load_after[0]},
                                "machine_loaded_by_other_work": loaded, "summary": portable(summary),
                                "machine": machine_info()}, indent=2) + "\n")

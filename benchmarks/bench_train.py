@@ -1,8 +1,10 @@
 """What the training loop costs: `minlm train`'s steady-state throughput vs a bare training loop.
 
 The peer is the smallest loop that trains the same model the same way (nanoGPT-style): sample a batch,
-forward, cross-entropy, backward, clip, AdamW step. Ours adds the per-step NaN check and loss read-back,
-the learning-rate schedule, the progress bar and metrics, and the shared-generator batch sampler. Both use
+forward with the fused loss, backward, clip, AdamW step. Ours adds the device-side divergence flag (read
+with the loss at each log line, never per step), the learning-rate schedule, the progress bar and metrics,
+and the shared-generator batch sampler. Both run eagerly in float32 (the trainer's --compile/--dtype auto
+are pinned off here: this measures the loop, not the compiler). Both use
 the same model, optimizer, batch and thread count; the first `--warmup` iterations are not timed, and the
 two alternate `--repeats` times (best kept) so both see the same load from anything else on the machine
 (the load average is recorded). Our rate is read from metrics.jsonl, the bare loop's from its own clock.
@@ -28,7 +30,6 @@ from NLM.min_lm.transformer import (
     AdamW,
     ModelConfig,
     TransformerLM,
-    cross_entropy,
     get_batch,
     gradient_clipping,
     param_groups,
@@ -42,7 +43,8 @@ def ours(tokens: Path, iters: int, warmup: int, run_dir: Path) -> float:
     """Tokens/s of `train()` between its log lines at `warmup` and at the end (log every `warmup` steps)."""
     config = TrainConfig(train_tokens=str(tokens), val_tokens=str(tokens), **SHAPE, max_iters=warmup + iters,
                          log_interval=warmup, eval_interval=10**9, eval_iters=1, checkpoint_interval=10**9,
-                         device="cpu", quiet=True, checkpoint_path=str(run_dir / "model.pt"))
+                         device="cpu", quiet=True, checkpoint_path=str(run_dir / "model.pt"),
+                         compile=False, dtype="float32")
     result = train(config)
     elapsed = {r["iter"]: r["elapsed"] for r in map(json.loads, result.metrics_path.read_text().splitlines())
                if "loss" in r}
@@ -59,7 +61,7 @@ def bare(tokens: np.ndarray, iters: int, warmup: int) -> float:
         if it == warmup:
             start = time.perf_counter()
         x, y = get_batch(tokens, SHAPE["batch_size"], SHAPE["context_length"], "cpu", generator=rng)
-        loss = cross_entropy(model(x), y)
+        loss = model(x, targets=y)
         loss.backward()
         gradient_clipping(model.parameters(), 1.0)
         optimizer.step()

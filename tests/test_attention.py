@@ -134,3 +134,25 @@ def test_mha_rejects_bad_options():
         MultiHeadSelfAttention(10, 3)
     with pytest.raises(ValueError, match="attn_impl"):
         MultiHeadSelfAttention(8, 2, attn_impl="flash")
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-6), (torch.bfloat16, 1e-2)])
+def test_fast_rope_equals_the_reference(dtype, tol):
+    """Complex multiplication (fast) against cos/sin written out (reference): values, gradients, layouts."""
+    torch.manual_seed(0)
+    fast = RotaryPositionalEmbedding(10000.0, 16, max_seq_len=32, dtype=dtype)
+    ref = RotaryPositionalEmbedding(10000.0, 16, max_seq_len=32, dtype=dtype, impl="reference")
+    # (batch, T, heads, d_k) transposed to (batch, heads, T, d_k): the strided view attention passes in
+    x = torch.randn(2, 7, 3, 16, dtype=dtype).transpose(1, 2).requires_grad_()
+    positions = torch.tensor([0, 3, 4, 9, 20, 30, 31])
+    torch.testing.assert_close(fast(x, positions), ref(x, positions), rtol=tol, atol=tol)
+    q, k = fast.rotate_qk(x, x.flip(-1), positions)
+    torch.testing.assert_close(k, ref(x.flip(-1), positions), rtol=tol, atol=tol)
+    upstream = torch.randn_like(q)
+    (g_fast,) = torch.autograd.grad(q, x, upstream)
+    (g_ref,) = torch.autograd.grad(ref(x, positions), x, upstream)
+    torch.testing.assert_close(g_fast, g_ref, rtol=tol, atol=tol)
+    odd_view = torch.randn(5, 17, dtype=dtype)[:, 1:]  # storage offset 1: cannot be viewed as complex
+    odd_positions = positions[:5]
+    torch.testing.assert_close(fast(odd_view, odd_positions), ref(odd_view, odd_positions),
+                               rtol=tol, atol=tol)

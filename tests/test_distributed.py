@@ -225,7 +225,8 @@ def test_a_failing_rank_ends_the_whole_job(tmp_path):
 # per iteration, so DDP's no_sync path is part of every run.
 TINY_RUN = dict(vocab_size=64, context_length=16, d_model=32, num_layers=2, num_heads=2, grad_accum_steps=2,
                 eval_interval=10, eval_iters=2, log_interval=1, checkpoint_interval=10, warmup_iters=0,
-                lr_max=1e-2, lr_min=1e-2, seed=7, device="cpu", quiet=True)
+                lr_max=1e-2, lr_min=1e-2, seed=7, device="cpu", quiet=True,
+                compile=False, dtype="float32")  # explicit: auto would compile, minutes per rank on 2 cores
 PER_RANK_BATCH = 2
 
 

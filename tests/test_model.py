@@ -133,6 +133,21 @@ def test_kv_cache_decode_equals_full_recompute(attn_impl, dtype, tol):
         torch.testing.assert_close(model(ids[:, :4], cache), full[:, :4], rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize("attn_impl", ["sdpa", "reference"])
+def test_fixed_size_kv_cache_equals_the_growing_one(attn_impl):
+    model = make_model(attn_impl=attn_impl, dtype=torch.float64).eval()
+    ids = torch.randint(0, 50, (3, 20), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        full = model(ids)
+        cache = model.new_kv_cache(batch_size=3, fixed_size=True)
+        chunks = [model(ids[:, :6], cache), model(ids[:, 6:10], cache)]
+        chunks += [model(ids[:, t : t + 1], cache) for t in range(10, 20)]
+        assert cache.length == 20 and cache.layers[0].keys.shape[2] == 24  # the buffers never change shape
+        torch.testing.assert_close(torch.cat(chunks, dim=1), full, rtol=1e-10, atol=1e-10)
+        cache.reset()
+        torch.testing.assert_close(model(ids[:, :4], cache), full[:, :4], rtol=1e-10, atol=1e-10)
+
+
 def test_kv_cache_overflow_raises():
     model = make_model().eval()
     cache = model.new_kv_cache(1, max_len=8)

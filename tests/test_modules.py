@@ -146,3 +146,29 @@ def test_gradcheck_softmax_and_silu():
     x = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda t: softmax(t, dim=-1), (x,))
     assert torch.autograd.gradcheck(silu, (x,))
+
+
+# bf16: the paths round at different points (F.silu rounds once, x * sigmoid(x) twice): a few ulps apart
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-6), (torch.bfloat16, 8e-2)])
+def test_fast_rmsnorm_and_swiglu_equal_the_reference(dtype, tol):
+    """The fused-kernel paths (F.rms_norm, F.silu) against the from-primitives ones: outputs and gradients."""
+    torch.manual_seed(0)
+    makers = (lambda impl: RMSNorm(16, dtype=dtype, impl=impl),
+              lambda impl: SwiGLU(16, 24, dtype=dtype, impl=impl))
+    for make in makers:
+        fast, ref = make("fast"), make("reference")
+        ref.load_state_dict(fast.state_dict())
+        with torch.no_grad():
+            for p, q in zip(fast.parameters(), ref.parameters(), strict=True):
+                p.mul_(1.5), q.copy_(p)  # a norm gain other than 1
+        x = (torch.randn(2, 5, 16, dtype=torch.float64) * 3).to(dtype).requires_grad_()
+        out_fast, out_ref = fast(x), ref(x)
+        assert out_fast.dtype == dtype
+        torch.testing.assert_close(out_fast, out_ref, rtol=tol, atol=tol)
+        upstream = torch.randn_like(out_ref)
+        grads_fast = torch.autograd.grad(out_fast, [x, *fast.parameters()], upstream)
+        grads_ref = torch.autograd.grad(out_ref, [x, *ref.parameters()], upstream)
+        for g, r in zip(grads_fast, grads_ref, strict=True):
+            torch.testing.assert_close(g, r, rtol=tol, atol=tol * 10)
+    with pytest.raises(ValueError):
+        RMSNorm(4, impl="quick")

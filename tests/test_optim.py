@@ -23,21 +23,22 @@ def train(model, optimizer, steps=100):
         optimizer.step()
 
 
-@pytest.mark.parametrize("weight_decay,foreach", [(0.0, False), (0.1, False), (0.1, True)])
-def test_adamw_matches_torch_over_100_steps(weight_decay, foreach):
+@pytest.mark.parametrize("weight_decay,impl", [(0.0, "reference"), (0.1, "reference"), (0.1, "foreach"),
+                                               (0.1, "fused")])
+def test_adamw_matches_torch_over_100_steps(weight_decay, impl):
     ours, theirs = small_lm(0), small_lm(0)
     settings = dict(lr=3e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=weight_decay)
-    train(ours, AdamW(ours.parameters(), **settings, foreach=foreach))
+    train(ours, AdamW(ours.parameters(), **settings, impl=impl))
     train(theirs, torch.optim.AdamW(theirs.parameters(), **settings))
     for (name, p), q in zip(ours.named_parameters(), theirs.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=0, atol=1e-6, msg=name)
 
 
-@pytest.mark.parametrize("foreach", [False, True])
-def test_adamw_single_step_by_hand(foreach):
+@pytest.mark.parametrize("impl", ["reference", "foreach", "fused"])
+def test_adamw_single_step_by_hand(impl):
     p = torch.nn.Parameter(torch.tensor([1.0, -2.0], dtype=torch.float64))
     p.grad = torch.tensor([0.5, 0.25], dtype=torch.float64)
-    AdamW([p], lr=0.1, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.5, foreach=foreach).step()
+    AdamW([p], lr=0.1, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.5, impl=impl).step()
     # Step 1: m_hat = g, v_hat = g^2, so the update is lr * g / (|g| + eps) = 0.1 * sign(g); decay first.
     expected = torch.tensor([1.0, -2.0], dtype=torch.float64) * (1 - 0.1 * 0.5) - 0.1 * torch.tensor(
         [1.0, 1.0]
@@ -50,6 +51,8 @@ def test_adamw_rejects_bad_hyperparameters():
         AdamW([torch.nn.Parameter(torch.zeros(1))], lr=-1.0)
     with pytest.raises(ValueError):
         AdamW([torch.nn.Parameter(torch.zeros(1))], betas=(0.9, 1.0))
+    with pytest.raises(ValueError):
+        AdamW([torch.nn.Parameter(torch.zeros(1))], impl="fast")
 
 
 def test_param_groups_exclude_norms_and_embeddings_by_default():
@@ -69,11 +72,16 @@ def test_param_groups_exclude_norms_and_embeddings_by_default():
     assert [g["weight_decay"] for g in optimizer.param_groups] == [0.1, 0.0]
 
 
-def test_foreach_and_one_by_one_updates_are_identical():
+@pytest.mark.parametrize("impl", ["foreach", "fused"])
+def test_fast_updates_equal_the_one_by_one_reference(impl):
+    """Parameter groups with and without decay; the optimizer state must match too (it is checkpointed)."""
     a, b = small_lm(0), small_lm(0)
-    opt_a = AdamW(param_groups(a, 0.1), lr=1e-2, foreach=False)
-    opt_b = AdamW(param_groups(b, 0.1), lr=1e-2, foreach=True)
+    opt_a = AdamW(param_groups(a, 0.1), lr=1e-2, impl="reference")
+    opt_b = AdamW(param_groups(b, 0.1), lr=1e-2, impl=impl)
     train(a, opt_a, steps=5)
     train(b, opt_b, steps=5)
     for p, q in zip(a.parameters(), b.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+        for key in ("exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(opt_a.state[p][key], opt_b.state[q][key], rtol=1e-5, atol=1e-8)
+        assert opt_a.state[p]["step"] == opt_b.state[q]["step"] == 5

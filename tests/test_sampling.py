@@ -225,3 +225,23 @@ def test_text_stream_pieces_join_to_the_full_decode(tokens):
     stream = TextStream(vocab)
     pieces = [stream.push([i]) for i in range(len(tokens))] + [stream.flush()]
     assert "".join(pieces) == b"".join(tokens).decode("utf-8", errors="replace")
+
+
+def test_compiled_fixed_size_decoding_equals_full_recompute(monkeypatch):
+    """compile_step: the fixed-size cache's one-token step is compiled once and serves every step,
+    through the window rolling past the context; the tokens equal the full-recompute reference."""
+    compile_ = torch.compile
+    options_seen = []
+
+    def compile_without_inductor(model, **options):  # aot_eager: traced as inductor would, no C++ build
+        options_seen.append(options)
+        return compile_(model, backend="aot_eager", fullgraph=True, **options)
+
+    monkeypatch.setattr(torch, "compile", compile_without_inductor)
+    torch._dynamo.reset()
+    model = tiny_model(context_length=12)
+    prompt = torch.tensor([[1, 2, 3, 4, 5], [6, 7, 8, 9, 10]])
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        compiled = generate(model, prompt, 20, temperature=0, compile_step=True)
+    assert options_seen == [{"mode": None, "dynamic": False}]
+    assert torch.equal(compiled, generate(model, prompt, 20, temperature=0, use_cache=False))

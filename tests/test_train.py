@@ -12,6 +12,7 @@ from train_helpers import VOCAB, read_metrics, tiny_flags, train_losses, write_p
 
 from NLM.min_lm.errors import UserError
 from NLM.min_lm.training import TrainConfig, TrainingDiverged, train
+from NLM.min_lm.training import trainer as trainer_module
 from NLM.min_lm.training.data import BatchSampler, open_tokens, validation_starts
 from NLM.min_lm.transformer import cross_entropy
 
@@ -251,3 +252,77 @@ def test_init_from_starts_a_new_run_from_given_weights(tmp_path, tokens):
         train(config(tmp_path / "bad", tokens, init_from=str(source.checkpoint_path), d_model=64))
     with pytest.raises(UserError, match="exclude each other"):
         config(tmp_path, tokens, init_from=str(source.checkpoint_path), resume=True)
+
+
+def test_nan_gradients_with_a_finite_loss_never_reach_a_checkpoint(tmp_path, tokens):
+    """The loss stays finite but the update is NaN from iteration 8 on; nothing is read until the
+    checkpoint at 10 (log_interval 100): that checkpoint is refused, and the error names the last good one."""
+    cfg = config(tmp_path, tokens, checkpoint_interval=5, eval_interval=100, log_interval=100, max_iters=20)
+    calls = {"train": 0}
+
+    def nan_gradient(logits, targets):
+        loss = cross_entropy(logits, targets)
+        if torch.is_grad_enabled():
+            calls["train"] += 1
+            if calls["train"] >= 8:  # value + sqrt(0): unchanged; gradient 0 * 1/(2 sqrt(0)) = NaN
+                return loss + torch.sqrt(logits.sum() * 0.0)
+        return loss
+
+    expected = r"gradient norm is nan \(loss [0-9.]+\) at iteration 8 .*model\.pt still holds iteration 5"
+    with pytest.raises(TrainingDiverged, match=expected):
+        train(cfg, loss_fn=nan_gradient)
+    saved = torch.load(cfg.checkpoint_path, weights_only=False)
+    assert saved["iteration"] == 5 and calls["train"] == 10
+    assert all(torch.isfinite(t).all() for t in saved["model"].values())
+    assert all(torch.isfinite(t).all() for s in saved["optimizer"]["state"].values() for t in s.values()
+               if isinstance(t, torch.Tensor))
+
+
+def test_the_training_step_never_waits_for_the_device(tmp_path, tokens, monkeypatch):
+    """Every way of reading a tensor's value on the host is counted while train_step runs: none may happen.
+    (torch.cuda.set_sync_debug_mode would do this on a GPU; on the CPU we count the Python seams.)"""
+    reads = []
+    stepping = {"now": False}
+    for name in ("item", "tolist", "numpy", "cpu", "__bool__", "__float__", "__int__", "__index__"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, _name=name, **kwargs):
+            if stepping["now"]:
+                reads.append(_name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    step = trainer_module.Trainer.train_step
+
+    def watched_step(self, lr):
+        stepping["now"] = True
+        try:
+            return step(self, lr)
+        finally:
+            stepping["now"] = False
+
+    monkeypatch.setattr(trainer_module.Trainer, "train_step", watched_step)
+    result = train(config(tmp_path, tokens, max_iters=6, grad_accum_steps=2, log_interval=3))
+    assert result.iterations == 6 and math.isfinite(result.final_val_loss)
+    assert reads == []
+
+
+def test_compiled_training_equals_eager(tmp_path, tokens, monkeypatch):
+    """--compile runs model and loss through torch.compile; the losses equal eager ones to rounding.
+    aot_eager traces exactly what inductor would compile but skips its C++ build (minutes on 2 cores);
+    benchmarks/bench_model.py compares inductor's numbers."""
+    compile_ = torch.compile
+    compiled_modules = []
+
+    def compile_without_inductor(model, **options):
+        compiled_modules.append(model)
+        return compile_(model, backend="aot_eager", **options)
+
+    monkeypatch.setattr(torch, "compile", compile_without_inductor)
+    torch._dynamo.reset()
+    eager = train(config(tmp_path / "eager", tokens, max_iters=4, eval_interval=4))
+    compiled = train(config(tmp_path / "compiled", tokens, max_iters=4, eval_interval=4, compile=True))
+    assert len(compiled_modules) == 1
+    eager_losses = train_losses(read_metrics(eager.metrics_path))
+    assert train_losses(read_metrics(compiled.metrics_path)) == pytest.approx(eager_losses, abs=1e-5)
+    assert compiled.final_val_loss == pytest.approx(eager.final_val_loss, abs=1e-5)

@@ -63,7 +63,8 @@ def test_cosine_schedule_hand_worked_values():
     assert get_lr_cosine_schedule(3, 1.0, 0.1, 0, 0) == 0.1
 
 
-def test_gradient_clipping_matches_torch():
+@pytest.mark.parametrize("foreach", [True, False])
+def test_gradient_clipping_matches_torch(foreach):
     torch.manual_seed(0)
     for max_norm in (0.01, 1e3):  # clipped, and left alone
         ps = [torch.nn.Parameter(torch.randn(s)) for s in [(3, 4), (5,), (2, 2)]]
@@ -72,7 +73,7 @@ def test_gradient_clipping_matches_torch():
             p.grad = torch.randn_like(p)
             q.grad = p.grad.clone()
         frozen = torch.nn.Parameter(torch.randn(3))  # no grad: ignored
-        norm = gradient_clipping([*ps, frozen], max_norm)
+        norm = gradient_clipping([*ps, frozen], max_norm, foreach=foreach)
         ref_norm = torch.nn.utils.clip_grad_norm_(qs, max_norm)
         torch.testing.assert_close(norm, ref_norm)
         for p, q in zip(ps, qs, strict=True):

@@ -12,7 +12,8 @@ import numpy as np
 VOCAB = 64
 TINY = dict(vocab_size=VOCAB, context_length=16, batch_size=4, d_model=32, num_layers=2, num_heads=2,
             max_iters=20, warmup_iters=2, lr_max=3e-3, lr_min=3e-4, eval_interval=10, eval_iters=2,
-            log_interval=1, checkpoint_interval=10, device="cpu", seed=0, quiet=True)
+            log_interval=1, checkpoint_interval=10, device="cpu", seed=0, quiet=True,
+            compile=False, dtype="float32")  # explicit: the auto defaults would compile (slow in tests)
 
 
 def write_tokens(tmp_path: Path, name: str = "train.npy", n: int = 4000, seed: int = 0,

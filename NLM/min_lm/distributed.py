@@ -126,7 +126,10 @@ def wrap_model(model: nn.Module, ctx: DistContext, device: torch.device) -> nn.M
     if not ctx.enabled:
         return model
     device_ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=device_ids, **_NO_FORWARD_BUFFER_SYNC)
+    # gradient_as_bucket_view: the gradients are views into DDP's communication buckets, so they are not
+    # copied into the buckets and back on every step (and not stored twice)
+    return DistributedDataParallel(model, device_ids=device_ids, gradient_as_bucket_view=True,
+                                   **_NO_FORWARD_BUFFER_SYNC)
 
 
 @contextlib.contextmanager
@@ -154,6 +157,17 @@ def all_reduce_mean(value: float, ctx: DistContext, device: torch.device) -> flo
     total = torch.tensor(float(value), dtype=torch.float64, device=device)
     dist.all_reduce(total, op=dist.ReduceOp.SUM)
     return total.item() / ctx.world_size
+
+
+def all_reduce_sum(values: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """The element-wise sum of `values` (a tensor on this rank's device) over all ranks; itself alone.
+
+    Several numbers that must be agreed on (a loss, a flag, a stop request) travel in one tensor, so one
+    collective and one device-to-host read serve them all.
+    """
+    if ctx.enabled:
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values
 
 
 def teardown(ctx: DistContext) -> None:

@@ -82,7 +82,9 @@ def train_config(config: QuickstartConfig, vocab_size: int, out_dir: Path) -> Tr
         max_minutes=config.minutes or None, eval_interval=100 if config.minutes else max(1, iters // 10),
         eval_iters=10, checkpoint_interval=iters, seed=config.seed, checkpoint_path=str(out_dir / "model.pt"),
         overwrite=True,  # a rerun replaces the whole pipeline
-        recipe=config.recipe, device=config.device, quiet=not config.progress)
+        recipe=config.recipe, device=config.device, quiet=not config.progress,
+        # --tiny trains for seconds: compiling, or bf16 casts around its tiny matmuls, would not pay
+        compile=False if config.tiny else None, dtype="float32" if config.tiny else "auto")
 
 
 def make_samples(config: QuickstartConfig, model: TransformerLM, tokenizer: BPETokenizer) -> list[str]:

@@ -125,9 +125,13 @@ class TrainConfig:
     # machine
     device: str = field(default="auto", metadata=arg("auto (cuda, then mps, then cpu), "
                                                      "cpu, cuda, cuda:N or mps"))
-    dtype: str = field(default="float32", metadata=arg("compute dtype; bfloat16 autocasts over float32 "
-                                                       "weights", choices=TRAIN_DTYPES))
-    compile: bool = field(default=False, metadata=arg("torch.compile the model"))
+    dtype: str = field(default="auto", metadata=arg("compute dtype; bfloat16 autocasts over float32 weights; "
+                                                    "auto = bfloat16 on CUDA and on CPUs with native bf16",
+                                                    choices=("auto", *TRAIN_DTYPES)))
+    compile: bool | None = field(default=None, metadata=arg("torch.compile the model (default: on where it "
+                                                            "works: CUDA, and CPUs with a C++ compiler)"))
+    peak_tflops: float | None = field(default=None, metadata=arg("the GPU's peak bf16 TFLOP/s for the MFU "
+                                                                 "figure (default: a table of common GPUs)"))
 
     def __post_init__(self) -> None:
         if self.d_ff is None:
@@ -183,8 +187,10 @@ class TrainConfig:
         if self.optimizer == "muon" and self.lr_max == 0:
             raise UserError("--optimizer muon needs --lr_max > 0: Muon's learning rate follows "
                             "--lr_max's schedule, scaled by --muon_lr / --lr_max")
-        if self.dtype not in TRAIN_DTYPES:
-            raise UserError(f"--dtype must be one of {', '.join(TRAIN_DTYPES)}, got {self.dtype!r}")
+        if self.dtype not in ("auto", *TRAIN_DTYPES):
+            raise UserError(f"--dtype must be one of auto, {', '.join(TRAIN_DTYPES)}, got {self.dtype!r}")
+        if self.peak_tflops is not None and self.peak_tflops <= 0:
+            raise UserError(f"--peak_tflops must be positive, got {self.peak_tflops!r}")
         if self.resume and self.overwrite:
             raise UserError("--resume and --overwrite exclude each other: resume continues the earlier run, "
                             "overwrite replaces it")

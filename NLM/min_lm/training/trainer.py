@@ -8,11 +8,17 @@ batches, metrics, the best checkpoint, and exact resumption: a checkpoint holds 
 the RNG states and the batch sampler's position, so a resumed run draws the same batches and computes the
 same losses as one that never stopped.
 
+The host never waits for the device inside a step: the loss stays a tensor on the device and is read at
+`log_interval`; a non-finite loss or gradient norm is remembered on the device (`DivergenceWatch`) and
+read at the same points and before every checkpoint, so no checkpoint ever holds the weights of a diverged
+step. By default the model is compiled and computes in bfloat16 where that is safe
+(`acceleration.py`); the logged tokens/s and MFU count training steps only (`throughput.py`).
+
 Data parallelism (`torchrun --nproc_per_node N`) is wrapped around the unchanged model by
 `NLM.min_lm.distributed`: every process runs this same loop on its own slice of each global batch; DDP
 averages the gradients; logged losses are averaged over processes; only process 0 (`ctx.is_main`) prints,
 writes metrics and saves checkpoints. Anything that decides whether to stop (a NaN, a Ctrl-C) is agreed on
-by all processes, so none is left waiting in a collective.
+by all processes, in the same all-reduce as the logged loss, so none is left waiting in a collective.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from tqdm.auto import tqdm
 from NLM.min_lm.distributed import (
     DistContext,
     all_reduce_mean,
+    all_reduce_sum,
     setup_distributed,
     sync_context,
     teardown,
@@ -44,16 +51,17 @@ from NLM.min_lm.fileio import (
     missing_dirs,
     remove_stale_temps,
 )
+from NLM.min_lm.training.acceleration import resolve_compile, resolve_dtype
 from NLM.min_lm.training.budget import budget_spent, effective_iteration
 from NLM.min_lm.training.config import TrainConfig
 from NLM.min_lm.training.data import BatchSampler, open_tokens, validation_starts
 from NLM.min_lm.training.interrupt import StopRequest, stop_requests
 from NLM.min_lm.training.metrics import MetricsLog, TrainResult, plot_losses, start_wandb, summary
+from NLM.min_lm.training.throughput import Throughput, flops_per_token, peak_flops
 from NLM.min_lm.transformer import (
     AdamW,
     ModelConfig,
     TransformerLM,
-    cross_entropy,
     gradient_clipping,
     param_groups,
     save_checkpoint,
@@ -61,22 +69,44 @@ from NLM.min_lm.transformer import (
 from NLM.min_lm.transformer.checkpoint import load_model_state, read_checkpoint, restore_checkpoint
 from NLM.min_lm.transformer.checkpoint_schema import TRAINING_STATE_KEYS
 from NLM.min_lm.transformer.optim import CombinedOptimizer, muon_with_adamw, set_lr
-from NLM.min_lm.transformer.utils import batch_windows, lr_at
+from NLM.min_lm.transformer.utils import batch_windows, global_grad_norm, lr_at
 
 
 class TrainingDiverged(UserError):
-    """The loss became NaN or infinite; the run stops before the bad step reaches any checkpoint."""
+    """The loss or gradient norm became NaN or infinite; no checkpoint holds the weights that followed."""
 
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def train(config: TrainConfig, *, loss_fn: LossFn = cross_entropy,
+class DivergenceWatch:
+    """Remembers, on the device, the first iteration whose loss or gradient norm was not finite.
+
+    Checking `math.isfinite(loss.item())` every step would make the host wait for the device every step.
+    Instead each step updates three 0-dim tensors without waiting, and the trainer reads them where it waits
+    anyway (a log line) and before anything is saved. The gradient norm covers the update, not only the
+    loss: finite gradients give a finite AdamW update, so finite weights stay finite.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.iteration = torch.zeros((), dtype=torch.long, device=device)  # 0: none yet
+        self.loss = torch.zeros((), device=device)
+        self.grad_norm = torch.zeros((), device=device)
+
+    def observe(self, iteration: int, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        first = (self.iteration == 0) & ~(torch.isfinite(loss) & torch.isfinite(grad_norm))
+        self.iteration.masked_fill_(first, iteration)
+        self.loss = torch.where(first, loss.float(), self.loss)
+        self.grad_norm = torch.where(first, grad_norm.float(), self.grad_norm)
+
+
+def train(config: TrainConfig, *, loss_fn: LossFn | None = None,
           on_record: Callable[[dict[str, Any]], object] | None = None,
           clock: Callable[[], float] = time.perf_counter) -> TrainResult:
     """Train a TransformerLM as `config` says. The body of `minlm train`, callable from Python.
 
-    loss_fn(logits, targets): the training and validation loss (e.g. to add label smoothing).
+    loss_fn(logits, targets): the training and validation loss (e.g. to add label smoothing); by default
+    the model's fused cross-entropy, which never materialises the logits.
     on_record(record): called with every metrics record (a training or validation line of metrics.jsonl)
     right after it is logged, e.g. to watch a run from a notebook.
     clock(): seconds, measuring the training time that --max_minutes bounds (tests pass a fake one).
@@ -136,7 +166,7 @@ class Trainer:
     """Holds one run's state; `run()` executes it. Built in the order a reader would set things up."""
 
     def __init__(self, config: TrainConfig, ctx: DistContext, device: torch.device, *,
-                 loss_fn: LossFn = cross_entropy,
+                 loss_fn: LossFn | None = None,
                  on_record: Callable[[dict[str, Any]], object] | None = None,
                  clock: Callable[[], float] = time.perf_counter) -> None:
         self.config, self.ctx, self.device, self.clock = config, ctx, device, clock
@@ -153,6 +183,8 @@ class Trainer:
         self.wandb_run = start_wandb(c.wandb_project, c.to_dict()) if use_wandb else None
 
         # 2. model and optimizer: the same seed on every process, so all start from identical weights
+        self.dtype = resolve_dtype(c.dtype, device)
+        self.use_compile, self.compile_note = resolve_compile(c.compile, device)
         if device.type == "cuda":
             torch.set_float32_matmul_precision("high")  # TF32 matmuls for the float32 parts
         torch.manual_seed(c.seed)
@@ -173,23 +205,33 @@ class Trainer:
             self._init_weights(Path(c.init_from))
         self.agreed_elapsed = self.elapsed_before  # rank 0's training time, the same on every process
 
-        # 4. what runs the steps: optionally compiled, wrapped for data parallelism; the bare
-        #    `self.model` shares its parameters and is what checkpoints store
-        self.compiled = torch.compile(self.model) if c.compile else self.model
+        # 4. what runs the steps: compiled where that works (the fused loss inside stays eager, see
+        #    transformer/loss.py), wrapped for data parallelism; the bare `self.model` shares its
+        #    parameters and is what checkpoints store
+        self.compiled = torch.compile(self.model) if self.use_compile else self.model
         self.parallel = wrap_model(self.compiled, ctx, device)
         self.global_batch_tokens = ctx.world_size * c.batch_size * c.grad_accum_steps * c.context_length
+        self.watch = DivergenceWatch(device)
+        self.throughput = Throughput(device)
+        self.flops_per_token = flops_per_token(self.model.config)
+        self.peak_flops = peak_flops(device, c.peak_tflops)
 
     # ---- one optimizer step ------------------------------------------------------------------------------
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """bfloat16 compute over float32 master weights, or plain float32."""
-        if self.config.dtype == "bfloat16":
+        if self.dtype == "bfloat16":
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def train_step(self, lr: float) -> float:
-        """Accumulate gradients over the micro-batches, then clip and step. Returns the loss averaged over
-        all processes (NaN/inf is reported before the step, so the weights never take a bad update)."""
+    def loss(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The fused loss path of the model, or the caller's loss_fn on its logits."""
+        with self.autocast():
+            return model(x, targets=y) if self.loss_fn is None else self.loss_fn(model(x), y)
+
+    def train_step(self, lr: float) -> torch.Tensor:
+        """Accumulate gradients over the micro-batches, then clip and step. Returns this process's loss as
+        a 0-dim tensor on the device: nothing here waits for the device."""
         set_lr(self.optimizer, lr)
         steps = self.config.grad_accum_steps
         loss_sum = torch.zeros((), device=self.device)
@@ -197,24 +239,38 @@ class Trainer:
             x, y = self.sampler.next_batch(self.device)
             # DDP averages gradients across processes only on the last micro-batch's backward
             with sync_context(self.parallel, self.ctx, sync=micro_step == steps - 1):
-                with self.autocast():
-                    loss = self.loss_fn(self.parallel(x), y) / steps
+                loss = self.loss(self.parallel, x, y) / steps
                 loss.backward()
             loss_sum += loss.detach()
-        loss_value = all_reduce_mean(loss_sum.item(), self.ctx, self.device)
-        if not math.isfinite(loss_value):
-            raise TrainingDiverged(self._divergence_message(loss_value, lr))
+        parameters = list(self.model.parameters())
         if self.config.grad_clip > 0:
-            gradient_clipping(self.model.parameters(), self.config.grad_clip)
+            grad_norm = gradient_clipping(parameters, self.config.grad_clip)
+        else:
+            grad_norm = global_grad_norm(parameters)
+        self.watch.observe(self.iteration + 1, loss_sum, grad_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return loss_value
+        return loss_sum
 
-    def _divergence_message(self, loss: float, lr: float) -> str:
-        kept = (f"{self.config.checkpoint_path} still holds iteration {self.saved_iteration}"
+    def check_finite(self) -> None:
+        """Raise TrainingDiverged if any step so far had a non-finite loss or gradient norm (waits for
+        the device). Called before every save, so every checkpoint holds finite weights."""
+        if int(self.watch.iteration):
+            raise TrainingDiverged(self._divergence_message())
+
+    def _divergence_message(self) -> str:
+        c, iteration = self.config, int(self.watch.iteration)
+        kept = (f"{c.checkpoint_path} still holds iteration {self.saved_iteration}, saved before it"
                 if self.saved_iteration is not None else "no checkpoint was written")
-        return (f"training diverged: loss is {loss} at iteration {self.iteration + 1} (lr {lr:.3g}); "
-                f"stopped before that step, {kept}. "
+        if not iteration:  # under DDP: only another process saw it
+            return f"training diverged on another process; {kept}"
+        # (the iteration budget's rate: under --max_minutes the schedule may have run ahead of it)
+        lr = lr_at(c.lr_schedule, iteration - 1, c.max_iters, c.lr_max, c.lr_min, c.warmup_iters,
+                   c.decay_frac)
+        loss, grad_norm = float(self.watch.loss), float(self.watch.grad_norm)
+        what = (f"loss is {loss}" if not math.isfinite(loss)
+                else f"gradient norm is {grad_norm} (loss {loss:.4g})")
+        return (f"training diverged: {what} at iteration {iteration} (lr {lr:.3g}); {kept}. "
                 f"Try a lower --lr_max, longer --warmup_iters or --grad_clip 1")
 
     @torch.no_grad()
@@ -224,15 +280,16 @@ class Trainer:
         losses = []
         for starts in self.val_starts:
             x, y = batch_windows(self.val_tokens, starts, self.config.context_length, self.device)
-            with self.autocast():
-                losses.append(self.loss_fn(self.compiled(x), y).float())
+            losses.append(self.loss(self.compiled, x, y).float())
         self.compiled.train()
         return all_reduce_mean(torch.stack(losses).mean().item(), self.ctx, self.device)
 
     # ---- checkpoints ---------------------------------------------------------------------------------------
 
     def save(self, path: str | Path) -> None:
-        """Write a resumable checkpoint (process 0 only: all processes hold the same weights)."""
+        """Write a resumable checkpoint (process 0 only: all processes hold the same weights), after checking
+        that no step so far diverged (DDP averages the gradients, so every process sees the same norm)."""
+        self.check_finite()
         if not self.ctx.is_main:
             return
         save_checkpoint(self.model, self.optimizer, self.iteration, path,
@@ -292,14 +349,15 @@ class Trainer:
     # ---- the loop ------------------------------------------------------------------------------------------
 
     def run(self) -> TrainResult:
-        """Each iteration: one optimizer step, then on their intervals a log line, a validation pass (which
-        may save the best checkpoint) and a checkpoint; then stop if a signal asked to. The last iteration
-        always logs, validates and saves."""
+        """Each iteration: one optimizer step, then on their intervals a log line (where a stop request is
+        agreed on), a validation pass (which may save the best checkpoint) and a checkpoint. The last
+        iteration always logs, validates and saves. The first step of a session, where compilation happens,
+        and everything but the steps are left out of tokens/s."""
         c = self.config
         self.metrics = self._open_metrics()
         self._say(self._header())
-        self.session_start, self.last_log_time = self.clock(), time.perf_counter()
-        self.last_log_iteration = self.iteration
+        self.session_start = self.clock()
+        first_iteration = self.iteration
         stopped_by = ""
         last = False
         # Signals stay routed to `stop` until the very end: a second Ctrl-C during the final save must
@@ -309,17 +367,25 @@ class Trainer:
                 with self._progress_bar() as self.bar:
                     while not last and not stopped_by:
                         lr = self.learning_rate()
-                        loss = self.train_step(lr)
+                        if self.iteration == first_iteration:
+                            with self.throughput.paused():
+                                loss = self.train_step(lr)
+                        else:
+                            loss = self.train_step(lr)
+                            self.throughput.add(self.global_batch_tokens)
                         self.iteration += 1
                         self.bar.update()
                         last = self.budget_spent()
                         if self.iteration % c.log_interval == 0 or last:
-                            self.log_training(loss, lr)
+                            stopped_by = self.log_training(loss, lr, stop)
                         if self.iteration % c.eval_interval == 0 or last:
-                            self.validate()
+                            with self.throughput.paused():
+                                self.validate()
                         if self.iteration % c.checkpoint_interval == 0 or last:
-                            self.checkpoint()
-                        stopped_by = self._agreed_stop(stop)
+                            with self.throughput.paused():
+                                self.checkpoint()
+                        if not self.ctx.enabled and stop.requested:  # alone, a signal needs no agreement
+                            stopped_by = stop.signal_name
                 if stopped_by and self.saved_iteration != self.iteration:
                     self.checkpoint()
             finally:
@@ -343,13 +409,26 @@ class Trainer:
             self.agreed_elapsed = all_reduce_mean(elapsed, self.ctx, self.device) * self.ctx.world_size
         return budget_spent(self.iteration, c.max_iters, self.agreed_elapsed, c.time_budget)
 
-    def log_training(self, loss: float, lr: float) -> None:
-        now = time.perf_counter()
-        tokens = (self.iteration - self.last_log_iteration) * self.global_batch_tokens
-        rate = tokens / (now - self.last_log_time)
-        self.last_log_time, self.last_log_iteration = now, self.iteration
-        self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{rate:,.0f}")
-        self._record({"iter": self.iteration, "loss": loss, "lr": lr, "tokens_per_s": rate})
+    def log_training(self, loss: torch.Tensor, lr: float, stop: StopRequest) -> str:
+        """Log the loss, tokens/s and (on GPUs) MFU. This is where the host waits for the device, once per
+        log_interval: one read, and under DDP one all-reduce, carries the loss, the divergence flag and
+        the stop request. Returns why to stop ('' to go on); raises TrainingDiverged."""
+        flags = torch.tensor([float(stop.requested)], device=self.device)
+        values = torch.cat([loss.float().reshape(1), (self.watch.iteration > 0).float().reshape(1), flags])
+        loss_sum, diverged, stops = all_reduce_sum(values, self.ctx).tolist()
+        if diverged:
+            raise TrainingDiverged(self._divergence_message())
+        loss_value = loss_sum / self.ctx.world_size
+        rate = self.throughput.rate()
+        record = {"iter": self.iteration, "loss": loss_value, "lr": lr, "tokens_per_s": rate}
+        if self.peak_flops is not None:
+            record["mfu"] = rate * self.flops_per_token / self.peak_flops
+        self.bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", tok_s=f"{rate:,.0f}",
+                             **({"mfu": f"{record['mfu']:.1%}"} if "mfu" in record else {}))
+        self._record(record)
+        if not stops:
+            return ""
+        return stop.signal_name or "stop requested by another process"
 
     def validate(self) -> None:
         """Evaluate, log, keep the best checkpoint, redraw the loss curve."""
@@ -427,17 +506,16 @@ class Trainer:
         if self.on_record is not None:
             self.on_record(record)
 
-    def _agreed_stop(self, stop: StopRequest) -> str:
-        """The signal's name if any process was asked to stop (all processes then stop together), else ''."""
-        if not self.ctx.enabled:
-            return stop.signal_name if stop.requested else ""
-        anyone = all_reduce_mean(float(stop.requested), self.ctx, self.device) > 0
-        return (stop.signal_name or "stop requested by another process") if anyone else ""
-
     def _header(self) -> str:
         c, ctx = self.config, self.ctx
         start = f"resuming at iteration {self.iteration}" if self.iteration else "starting"
-        return (f"{start}: {self.model.num_parameters():,} parameters on {self.device} ({c.dtype}); "
+        mode = "compiled" if self.use_compile else "eager"
+        lines = [self.compile_note] if self.compile_note else []
+        if self.peak_flops is not None:
+            lines.append(f"MFU against {self.peak_flops / 1e12:.0f} TFLOP/s bf16 peak, "
+                         f"{self.flops_per_token / 1e6:.1f} MFLOPs per token (6 N + 6 L T d_model)")
+        return "\n".join(lines + [
+            f"{start}: {self.model.num_parameters():,} parameters on {self.device} ({self.dtype}, {mode}); "
                 f"global batch {self.global_batch_tokens:,} tokens = {ctx.world_size} process(es) x "
                 f"{c.batch_size} sequences x {c.grad_accum_steps} accumulation x {c.context_length} tokens; "
-                f"{c.max_iters} iterations" + (f" or {c.max_minutes:g} min" if c.max_minutes else ""))
+                f"{c.max_iters} iterations" + (f" or {c.max_minutes:g} min" if c.max_minutes else "")])

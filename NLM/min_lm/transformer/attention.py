@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from NLM.min_lm.options import ATTN_IMPLS
 from NLM.min_lm.transformer.kv_cache import LayerKVCache
-from NLM.min_lm.transformer.modules import Linear, RMSNorm, softmax
+from NLM.min_lm.transformer.modules import Linear, RMSNorm, check_impl, softmax
 
 
 class RotaryPositionalEmbedding(nn.Module):
@@ -28,21 +28,39 @@ class RotaryPositionalEmbedding(nn.Module):
     how attention learns about order. The cos/sin tables for every position up to `max_seq_len` are
     computed once (in float64, stored in float32 or float64) and kept as non-persistent buffers: they
     move with `.to(device)` but are not part of the state dict, whose keys stay those of the weights.
+
+    Two implementations, one switch apart (`impl`): "reference" writes the rotation out with cos and sin,
+    (x_even cos - x_odd sin, x_even sin + x_odd cos); "fast" reads each pair as the complex number
+    x_even + i x_odd and multiplies it by e^(i angle), which is the same rotation in one kernel (and one in
+    the backward pass). `rotate_qk` rotates queries and keys with the table looked up once. Inside
+    torch.compile the fast path takes the cos/sin form too: the compiler fuses it into one kernel, while it
+    cannot generate code for complex numbers (and would fall back to slower eager kernels).
     """
 
-    def __init__(self, theta: float, d_k: int, max_seq_len: int, device=None, dtype=None):
+    def __init__(
+        self, theta: float, d_k: int, max_seq_len: int, device=None, dtype=None, *, impl: str = "fast"
+    ):
         super().__init__()
         if d_k % 2:
             raise ValueError(f"RoPE needs an even head dimension, got d_k={d_k}")
         self.theta, self.d_k, self.max_seq_len = theta, d_k, max_seq_len
+        self.impl = check_impl(impl)
         inv_freq = theta ** (-torch.arange(0, d_k, 2, dtype=torch.float64) / d_k)  # (d_k/2,)
         angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float64), inv_freq)  # (max_seq_len, d_k/2)
         table_dtype = torch.promote_types(dtype or torch.float32, torch.float32)
         self.register_buffer("cos", angles.cos().to(device=device, dtype=table_dtype), persistent=False)
         self.register_buffer("sin", angles.sin().to(device=device, dtype=table_dtype), persistent=False)
+        complex_dtype = torch.complex128 if table_dtype == torch.float64 else torch.complex64
+        rotations = torch.polar(torch.ones_like(angles), angles).to(device=device, dtype=complex_dtype)
+        self.register_buffer("rotations", rotations, persistent=False)  # e^(i angle), (max_seq_len, d_k/2)
+
+    def _complex(self) -> bool:
+        return self.impl == "fast" and not torch.compiler.is_compiling()
 
     def forward(self, x: Tensor, token_positions: Tensor) -> Tensor:
         """x: (..., T, d_k); token_positions: (..., T) integer positions, broadcastable to x."""
+        if self._complex():
+            return _rotate_complex(x, self.rotations[token_positions])
         cos = self.cos[token_positions]  # (..., T, d_k/2)
         sin = self.sin[token_positions]
         compute_dtype = torch.promote_types(x.dtype, cos.dtype)
@@ -51,8 +69,23 @@ class RotaryPositionalEmbedding(nn.Module):
         rotated = torch.stack((x_even * cos - x_odd * sin, x_even * sin + x_odd * cos), dim=-1)
         return rotated.flatten(-2).to(x.dtype)
 
+    def rotate_qk(self, q: Tensor, k: Tensor, token_positions: Tensor) -> tuple[Tensor, Tensor]:
+        """`forward` applied to queries and keys at the same positions."""
+        if self._complex():
+            rotations = self.rotations[token_positions]
+            return _rotate_complex(q, rotations), _rotate_complex(k, rotations)
+        return self(q, token_positions), self(k, token_positions)
+
     def extra_repr(self) -> str:
-        return f"theta={self.theta}, d_k={self.d_k}, max_seq_len={self.max_seq_len}"
+        return f"theta={self.theta}, d_k={self.d_k}, max_seq_len={self.max_seq_len}, impl={self.impl}"
+
+
+def _rotate_complex(x: Tensor, rotations: Tensor) -> Tensor:
+    """x (..., d_k) as d_k/2 complex numbers times `rotations` (..., d_k/2); complex needs float32 or more."""
+    pairs = x.to(torch.promote_types(x.dtype, torch.float32)).unflatten(-1, (-1, 2))
+    if pairs.stride(-1) != 1 or any(stride % 2 for stride in pairs.stride()[:-1]):
+        pairs = pairs.contiguous()  # viewing as complex needs (real, imag) side by side in memory
+    return torch.view_as_real(torch.view_as_complex(pairs) * rotations).flatten(-2).to(x.dtype)
 
 
 def scaled_dot_product_attention(Q: Tensor, K: Tensor, V: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -132,7 +165,6 @@ class MultiHeadSelfAttention(nn.Module):
     ) -> Tensor:
         """x: (..., T, d_model) -> (..., T, d_model)."""
         num_new = x.shape[-2]
-        start = kv_cache.length if kv_cache is not None else 0
         # (..., T, d_model) -> (..., heads, T, head_dim)
         q, k, v = (
             proj(x).unflatten(-1, (self.num_heads, self.head_dim)).transpose(-3, -2)
@@ -140,20 +172,32 @@ class MultiHeadSelfAttention(nn.Module):
         )
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
+        if token_positions is None:
+            start = kv_cache.length if kv_cache is not None else 0
+            token_positions = torch.arange(start, start + num_new, device=x.device)
         if self.rope is not None:
-            if token_positions is None:
-                token_positions = torch.arange(start, start + num_new, device=x.device)
             positions = token_positions.unsqueeze(-2)  # the same positions for every head
-            q, k = self.rope(q, positions), self.rope(k, positions)
-        if kv_cache is not None:
+            q, k = self.rope.rotate_qk(q, k, positions)
+        mask = None
+        if kv_cache is not None and kv_cache.fixed_size:
+            k, v = kv_cache.write(k, v, token_positions)
+            slots = torch.arange(k.shape[-2], device=x.device)
+            mask = slots <= token_positions[:, None]  # (T_new, max_len): written slots up to each query
+        elif kv_cache is not None:
             k, v = kv_cache.append(k, v)
+        if kv_cache is not None:
             k, v = k.to(q.dtype), v.to(q.dtype)  # the cache may be kept in another dtype (autocast)
-        out = self._attend(q, k, v)
+        out = self._attend(q, k, v, mask)
         return self.output_proj(out.transpose(-3, -2).flatten(-2))
 
-    def _attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        """Causal attention of the T_q queries, the last T_q of the T_k positions in k and v."""
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Causal attention of the T_q queries, the last T_q of the T_k positions in k and v; or, with
+        `mask` (T_q, T_k), of the queries to the keys it allows (the fixed-size cache)."""
         num_queries, num_keys = q.shape[-2], k.shape[-2]
+        if mask is not None:
+            if self.attn_impl == "reference":
+                return scaled_dot_product_attention(q, k, v, mask)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         if self.attn_impl == "reference":
             return scaled_dot_product_attention(q, k, v, causal_mask(num_queries, num_keys, device=q.device))
         if num_queries == num_keys:  # no cache, or a prefill from empty: plain causal

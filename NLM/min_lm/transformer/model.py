@@ -10,6 +10,12 @@ and `k_norm`) and `zero_init_proj` (attention's output projection and SwiGLU's w
 block starts as the identity and the residual stream carries the embeddings unchanged at first). Two
 do not: how attention is computed (`attn_impl`) and whether activations are recomputed in the backward
 pass to save memory (`gradient_checkpointing`).
+
+Training asks for the loss instead of the logits, `model(ids, targets=targets)`: the output layer and the
+cross-entropy then run fused, chunk by chunk (`loss.py`), so the (tokens x vocab) logits are never stored.
+On a GPU that matmul runs against the output matrix padded to a multiple of 64 rows (50257 -> 50304 for
+GPT-2), which keeps the matrix units on full tiles; the padding exists only inside the loss, so the weights,
+checkpoints, exported files and the logits `generate` sees keep the true vocabulary size.
 """
 
 from __future__ import annotations
@@ -24,7 +30,11 @@ from torch.utils.checkpoint import checkpoint
 
 from NLM.min_lm.transformer.attention import MultiHeadSelfAttention
 from NLM.min_lm.transformer.kv_cache import KVCache, LayerKVCache
+from NLM.min_lm.transformer.loss import linear_cross_entropy, padded_size
 from NLM.min_lm.transformer.modules import Embedding, Linear, RMSNorm, SwiGLU
+
+# Pad the output matmul's vocabulary to a multiple of this on CUDA (on the CPU it does not pay).
+CUDA_VOCAB_MULTIPLE = 64
 
 
 @dataclass
@@ -157,10 +167,14 @@ class TransformerLM(nn.Module):
         total = sum(p.numel() for p in self.parameters())
         return total - self.token_embeddings.weight.numel() if exclude_embeddings else total
 
-    def new_kv_cache(self, batch_size: int, max_len: int | None = None, device=None, dtype=None) -> KVCache:
+    def new_kv_cache(
+        self, batch_size: int, max_len: int | None = None, device=None, dtype=None, *,
+        fixed_size: bool = False,
+    ) -> KVCache:
         """Empty key/value buffers for `batch_size` sequences of up to `max_len` tokens.
 
         max_len defaults to the context length; device/dtype default to those of the model's weights.
+        fixed_size: the compilable variant (see kv_cache.py).
         """
         max_len = self.config.context_length if max_len is None else max_len
         if max_len > self.config.context_length:
@@ -176,21 +190,40 @@ class TransformerLM(nn.Module):
             max_len,
             device=device or weight.device,
             dtype=dtype or weight.dtype,
+            fixed_size=fixed_size,
         )
 
-    def forward(self, in_indices: Tensor, kv_cache: KVCache | None = None) -> Tensor:
+    def forward(
+        self, in_indices: Tensor, kv_cache: KVCache | None = None, *, targets: Tensor | None = None
+    ) -> Tensor:
         """in_indices: (batch, T) token ids -> logits (batch, T, vocab_size).
 
         Without a cache the tokens sit at positions 0..T-1. With one they continue after the
         `kv_cache.length` cached tokens, and the cache grows by T.
+        With `targets` (batch, T) the result is instead the mean cross-entropy of the logits against them,
+        computed by the fused loss without storing the logits (the module docstring says why).
         """
+        hidden = self.ln_final(self._residual_stream(in_indices, kv_cache))
+        if targets is None:
+            return self.lm_head(hidden)
+        padded = padded_size(self.config.vocab_size, CUDA_VOCAB_MULTIPLE) if hidden.is_cuda else None
+        return linear_cross_entropy(hidden, self.lm_head.weight, targets, padded_vocab=padded)
+
+    def _residual_stream(self, in_indices: Tensor, kv_cache: KVCache | None) -> Tensor:
+        """Embeddings through every block: (batch, T) ids -> (batch, T, d_model), before the final norm."""
         num_tokens = in_indices.shape[-1]
-        start = 0 if kv_cache is None else kv_cache.length
-        limit = self.config.context_length if kv_cache is None else kv_cache.max_len
-        if start + num_tokens > limit:
-            what = "context length" if kv_cache is None else "KV cache length"
-            raise ValueError(f"{start + num_tokens} positions exceed the {what} of {limit}")
-        positions = torch.arange(start, start + num_tokens, device=in_indices.device)
+        if kv_cache is not None and kv_cache.fixed_size:
+            # positions from the device-side counter: no host sync, and the same graph every step (the
+            # caller keeps within max_len; index_copy_ rejects a position past it)
+            positions = kv_cache.position + torch.arange(num_tokens, device=in_indices.device)
+            kv_cache.position += num_tokens
+        else:
+            start = 0 if kv_cache is None else kv_cache.length
+            limit = self.config.context_length if kv_cache is None else kv_cache.max_len
+            if start + num_tokens > limit:
+                what = "context length" if kv_cache is None else "KV cache length"
+                raise ValueError(f"{start + num_tokens} positions exceed the {what} of {limit}")
+            positions = torch.arange(start, start + num_tokens, device=in_indices.device)
         x = self.token_embeddings(in_indices)
         for i, layer in enumerate(self.layers):
             layer_cache = None if kv_cache is None else kv_cache.layers[i]
@@ -204,4 +237,4 @@ class TransformerLM(nn.Module):
                 x = checkpoint(layer, x, positions, use_reentrant=False)
             else:
                 x = layer(x, positions, layer_cache)
-        return self.lm_head(self.ln_final(x))
+        return x

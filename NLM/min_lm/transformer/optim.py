@@ -22,14 +22,18 @@ from torch import nn
 
 from NLM.min_lm.transformer.modules import Embedding, RMSNorm
 
+ADAMW_IMPLS = ("fused", "foreach", "reference")
+
 
 class AdamW(torch.optim.Optimizer):
     """AdamW with bias correction; `params` may be an iterable of tensors or of parameter-group dicts.
 
-    `foreach` picks how the update is applied: one parameter at a time (`False`: the formulas
-    above, line by line), or each operation for all parameters of a group at once with torch's
-    `_foreach_*` kernels (`True`: identical arithmetic, a handful of kernel launches per step
-    instead of ~8 per parameter, which matters on a GPU). The default uses `_foreach` on GPUs.
+    `impl` picks how the update is applied, with identical arithmetic:
+    - "reference": one parameter at a time, the formulas above line by line (~8 passes per parameter);
+    - "foreach": each line for all parameters of a group at once with torch's `_foreach_*` kernels
+      (a handful of launches per step, but still one pass over memory per line);
+    - "fused": torch's fused AdamW kernel, which reads g, m, v, p once and writes m, v, p once.
+    The default is "fused" where torch has that kernel (CPU, CUDA, MPS), else "foreach".
     """
 
     def __init__(
@@ -40,14 +44,16 @@ class AdamW(torch.optim.Optimizer):
         eps: float = 1e-8,
         weight_decay: float = 0.01,
         *,
-        foreach: bool | None = None,
+        impl: str | None = None,
     ):
         if lr < 0 or eps < 0 or weight_decay < 0:
             raise ValueError(f"AdamW needs lr, eps, weight_decay >= 0, got {lr}, {eps}, {weight_decay}")
         if not all(0.0 <= b < 1.0 for b in betas):
             raise ValueError(f"AdamW betas must lie in [0, 1), got {betas}")
+        if impl is not None and impl not in ADAMW_IMPLS:
+            raise ValueError(f"AdamW impl must be one of {ADAMW_IMPLS}, got {impl!r}")
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
-        self.foreach = foreach
+        self.impl = impl
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
@@ -66,11 +72,13 @@ class AdamW(torch.optim.Optimizer):
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["step"] += 1
-            foreach = self.foreach if self.foreach is not None else params[0].device.type != "cpu"
-            (_update_foreach if foreach else _update_one_by_one)(
-                params, [self.state[p] for p in params], group
-            )
+            update = _UPDATES[self.impl or _default_impl(params[0].device)]
+            update(params, [self.state[p] for p in params], group)
         return loss
+
+
+def _default_impl(device: torch.device) -> str:
+    return "fused" if device.type in ("cpu", "cuda", "mps") else "foreach"
 
 
 def _update_one_by_one(params: list[torch.Tensor], states: list[dict], group: dict) -> None:
@@ -99,6 +107,24 @@ def _update_foreach(params: list[torch.Tensor], states: list[dict], group: dict)
     torch._foreach_div_(denom, [math.sqrt(1 - beta2**t) for t in steps])
     torch._foreach_add_(denom, eps)
     torch._foreach_addcdiv_(params, m, denom, [-lr / (1 - beta1**t) for t in steps])
+
+
+def _update_fused(params: list[torch.Tensor], states: list[dict], group: dict) -> None:
+    """The same update in torch's fused kernel; it reads the step counts as tensors on the device."""
+    lr, (beta1, beta2), eps, weight_decay = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+    device = params[0].device
+    step_tensors: dict[int, torch.Tensor] = {}  # one small tensor per distinct step count, not per parameter
+    for step in {state["step"] for state in states}:
+        step_tensors[step] = torch.tensor(float(step), device=device)
+    steps = [step_tensors[state["step"]] for state in states]
+    torch._fused_adamw_(
+        params, [p.grad for p in params], [state["exp_avg"] for state in states],
+        [state["exp_avg_sq"] for state in states], [], steps,
+        lr=lr, beta1=beta1, beta2=beta2, weight_decay=weight_decay, eps=eps, amsgrad=False, maximize=False,
+    )
+
+
+_UPDATES = {"reference": _update_one_by_one, "foreach": _update_foreach, "fused": _update_fused}
 
 
 def param_groups(

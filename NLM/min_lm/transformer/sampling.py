@@ -19,6 +19,12 @@ shorter window (e.g. the last context_length / 2 tokens) would be cheaper, but t
 after it would then see less context than a full recompute gives them; we chose to keep the cache
 a pure speed-up that never changes the output. So past the context length each step costs one
 forward pass over the window, as it does without a cache.
+
+Compiling the decoder (`compile_step=True`). A compiled function is specialised to its input shapes, and
+the growing cache changes them every step. The fixed-size cache (kv_cache.py) keeps every one-token step
+the same shape, so `torch.compile` traces it once; on CUDA it is compiled with mode="reduce-overhead", which
+records the step as a CUDA graph and replays it, removing the per-kernel launch cost that dominates
+decoding small batches. The prefill (the prompt, several tokens) runs eagerly.
 """
 
 from __future__ import annotations
@@ -86,22 +92,31 @@ def sample_next(
 class _CachedWindow:
     """Feeds the model only the tokens its KV cache has not seen; re-prefills when the window moves.
 
-    Invariant: the cache holds ids[:, start : start + cache.length] at positions 0 .. cache.length-1.
+    Invariant: the cache holds ids[:, start : start + cached] at positions 0 .. cached-1. `cached` is
+    counted here, so that reading it never waits for the device (the fixed-size cache counts on it).
     """
 
-    def __init__(self, model: nn.Module, batch_size: int, max_total_len: int):
+    def __init__(self, model: nn.Module, batch_size: int, max_total_len: int, compile_step: bool = False):
         self.model = model
         self.context_length = model.config.context_length
-        self.cache = model.new_kv_cache(batch_size, max_len=min(self.context_length, max_total_len))
+        max_len = min(self.context_length, max_total_len)
+        self.cache = model.new_kv_cache(batch_size, max_len=max_len, fixed_size=compile_step)
         self.start = 0
+        self.cached = 0
+        self.decode = model
+        if compile_step:
+            on_cuda = self.cache.position.is_cuda
+            self.decode = torch.compile(model, mode="reduce-overhead" if on_cuda else None, dynamic=False)
 
     def next_logits(self, ids: Tensor) -> Tensor:
         window_start = max(0, ids.shape[1] - self.context_length)
         if window_start != self.start:  # the window moved: cached positions are stale
             self.cache.reset()
-            self.start = window_start
-        new_tokens = ids[:, self.start + self.cache.length :]
-        return self.model(new_tokens, kv_cache=self.cache)[:, -1]
+            self.start, self.cached = window_start, 0
+        new_tokens = ids[:, self.start + self.cached :]
+        forward = self.decode if new_tokens.shape[1] == 1 else self.model
+        self.cached += new_tokens.shape[1]
+        return forward(new_tokens, kv_cache=self.cache)[:, -1]
 
 
 def _full_recompute(model: nn.Module) -> Callable[[Tensor], Tensor]:
@@ -136,6 +151,7 @@ def generate(
     use_cache: bool = True,
     on_token: Callable[[list[int]], None] | None = None,
     vocab_limit: int | None = None,
+    compile_step: bool = False,
 ) -> Tensor:
     """Continue `prompt_ids` by up to `max_new_tokens` tokens; return prompt + new ids.
 
@@ -149,6 +165,8 @@ def generate(
     on_token: called after each step with the new ids, one per row, for streaming.
     vocab_limit: sample only ids below it, for a model whose vocabulary is padded past its tokenizer's
     (e.g. 50304 rows for GPT-2's 50257 tokens): ids the tokenizer cannot decode are never produced.
+    compile_step: decode with the fixed-size cache and a compiled one-token step (module docstring); it
+    pays on a GPU for long generations, after a compilation of tens of seconds.
 
     The model is put in eval mode for the call and restored to its previous mode afterwards.
     """
@@ -168,7 +186,7 @@ def generate(
     model.eval()
     try:
         if use_cache:
-            next_logits = _CachedWindow(model, batch_size, total_len).next_logits
+            next_logits = _CachedWindow(model, batch_size, total_len, compile_step).next_logits
         else:
             next_logits = _full_recompute(model)
         while length < total_len:

@@ -117,25 +117,44 @@ def lr_at(
 
 
 @torch.no_grad()
+def global_grad_norm(parameters: Iterable[torch.nn.Parameter], *, foreach: bool = True) -> Tensor:
+    """The L2 norm of all gradients together (as if concatenated into one vector), in float32.
+
+    `foreach` computes the per-tensor norms with torch's multi-tensor kernel (a few launches in all);
+    `foreach=False` is the reference, one norm per tensor. A 0-dim tensor: nothing waits for the device.
+    """
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return torch.tensor(0.0)
+    if foreach:
+        norms = torch._foreach_norm(grads, 2.0, dtype=torch.float32)
+    else:
+        norms = [torch.linalg.vector_norm(g, dtype=torch.float32) for g in grads]
+    return torch.linalg.vector_norm(torch.stack(norms))
+
+
+@torch.no_grad()
 def gradient_clipping(
-    parameters: Iterable[torch.nn.Parameter], max_l2_norm: float, eps: float = 1e-6
+    parameters: Iterable[torch.nn.Parameter], max_l2_norm: float, eps: float = 1e-6, *, foreach: bool = True
 ) -> Tensor:
     """Scale all gradients in place so that their global L2 norm is at most `max_l2_norm`.
 
     The norm is taken over all gradients together (as if concatenated into one vector); if it
     exceeds the limit every gradient is multiplied by max_l2_norm / (norm + eps). Returns the norm
     before clipping (a 0-dim tensor: reading it forces no GPU synchronisation unless you print it).
+    `foreach` computes the norms and the scaling with torch's multi-tensor kernels; `foreach=False` is
+    the reference, one norm and one multiply per tensor.
     """
+    parameters = list(parameters)
     grads = [p.grad for p in parameters if p.grad is not None]
-    if not grads:
-        return torch.tensor(0.0)
-    norm = torch.linalg.vector_norm(
-        torch.stack([torch.linalg.vector_norm(g, dtype=torch.float32) for g in grads])
-    )
+    norm = global_grad_norm(parameters, foreach=foreach)
     # min(1, ...) instead of an `if`: no host-device synchronisation on the norm's value.
     scale = (max_l2_norm / (norm + eps)).clamp(max=1.0)
-    for g in grads:
-        g.mul_(scale.to(g.dtype))
+    if foreach and len({(g.dtype, g.device) for g in grads}) == 1:
+        torch._foreach_mul_(grads, scale.to(grads[0].dtype))
+    else:
+        for g in grads:
+            g.mul_(scale.to(g.dtype))
     return norm
 
 
