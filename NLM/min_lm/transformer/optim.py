@@ -25,6 +25,14 @@ from NLM.min_lm.transformer.modules import Embedding, RMSNorm
 ADAMW_IMPLS = ("fused", "foreach", "reference")
 
 
+def _closure_loss(closure: Callable[[], float] | None) -> float | None:
+    """torch's optimizer protocol: `step(closure)` re-evaluates the loss (with gradients on) first."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
 class AdamW(torch.optim.Optimizer):
     """AdamW with bias correction; `params` may be an iterable of tensors or of parameter-group dicts.
 
@@ -57,10 +65,7 @@ class AdamW(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _closure_loss(closure)
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
@@ -225,10 +230,7 @@ class Muon(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _closure_loss(closure)
         for group in self.param_groups:
             lr, mu, wd = group["lr"], group["momentum"], group["weight_decay"]
             for p in group["params"]:
@@ -266,10 +268,7 @@ class CombinedOptimizer:
         return {p: s for optimizer in self.optimizers for p, s in optimizer.state.items()}
 
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _closure_loss(closure)
         for optimizer in self.optimizers:
             optimizer.step()
         return loss
