@@ -195,10 +195,18 @@ def torchrun_env() -> dict[str, str]:
 def torchrun(*args: str, nproc: int = 2, timeout: float = 90) -> subprocess.CompletedProcess:
     """Run `torchrun --standalone --nproc_per_node nproc ARGS` from the repository root.
 
-    `timeout` only guards against a hang; a healthy job finishes in a few seconds.
+    `timeout` only guards against a hang; a healthy job finishes in a few seconds. A launch that printed
+    nothing at all before its timeout is tried once more: once in CI, torchrun's own start-up (rendezvous
+    on a free port, before any of our code ran) hung silently on a 2-core machine; a second hang fails.
     """
-    return subprocess.run(torchrun_command(*args, nproc=nproc), cwd=REPO_ROOT, env=torchrun_env(),
-                          capture_output=True, text=True, timeout=timeout)
+    for attempt in (1, 2):
+        try:
+            return subprocess.run(torchrun_command(*args, nproc=nproc), cwd=REPO_ROOT, env=torchrun_env(),
+                                  capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired as e:
+            if attempt == 2 or e.stdout or e.stderr:
+                raise
+    raise AssertionError("unreachable")
 
 
 def test_ddp_keeps_ranks_identical_and_equal_to_one_process_on_the_whole_batch(tmp_path):
