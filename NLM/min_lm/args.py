@@ -227,6 +227,13 @@ def parse_config(cls: type[C], argv: Sequence[str] | None, prog: str, descriptio
         parser.error(str(e))
 
 
+def _error_line(message: str) -> None:
+    """Write `error: message` with its newline in one write: under torchrun every rank shares one stderr
+    pipe, and `print` (text, then newline) could let another rank's line land in between."""
+    sys.stderr.write(f"error: {message}\n")
+    sys.stderr.flush()
+
+
 def run_command(cls: type[C], run: Callable[[C], object], argv: Sequence[str] | None, prog: str,
                 description: str | None) -> int:
     """The whole `main()` of a command: parse `argv` into `cls`, call `run(config)`, return the exit status.
@@ -238,13 +245,11 @@ def run_command(cls: type[C], run: Callable[[C], object], argv: Sequence[str] | 
     try:
         run(config)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        _error_line(str(e))
         return 2
     except OSError as e:  # any operating-system failure the library did not explain itself
-        if e.filename is not None:
-            print(f"error: {describe_os_error(e.filename, e, 'use')}", file=sys.stderr)
-        else:
-            print(f"error: {e.strerror or e}", file=sys.stderr)
+        known_path = e.filename is not None
+        _error_line(describe_os_error(e.filename, e, "use") if known_path else str(e.strerror or e))
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
