@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from train_helpers import write_tokens
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("MINLM_TEST_DATA", REPO_ROOT.parent / "shared" / "data"))
@@ -27,3 +28,9 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def tokens(tmp_path):
+    """A tiny training and validation token file pair (the trainer tests' data)."""
+    return write_tokens(tmp_path, "train.npy"), write_tokens(tmp_path, "val.npy", n=1000, seed=1)

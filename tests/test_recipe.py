@@ -9,7 +9,7 @@ import signal
 
 import pytest
 import torch
-from train_helpers import as_argv, read_metrics, tiny_flags, train_losses, write_tokens
+from train_helpers import as_argv, read_metrics, tiny_flags, train_losses
 
 from NLM.min_lm.errors import UserError
 from NLM.min_lm.scripts.train import main as train_main
@@ -189,11 +189,6 @@ def test_bad_recipe_values_name_the_flag(change, message):
 
 
 # --- the trainer with the recipe: accumulation, exact resume, flags -----------------------------------------
-
-
-@pytest.fixture
-def tokens(tmp_path):
-    return write_tokens(tmp_path, "train.npy"), write_tokens(tmp_path, "val.npy", n=1000, seed=1)
 
 
 def config(tmp_path, tokens, **overrides) -> TrainConfig:

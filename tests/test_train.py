@@ -8,7 +8,7 @@ import signal
 import numpy as np
 import pytest
 import torch
-from train_helpers import VOCAB, read_metrics, tiny_flags, train_losses, write_pattern, write_tokens
+from train_helpers import VOCAB, read_metrics, tiny_flags, train_losses, write_pattern
 
 from NLM.min_lm.errors import UserError
 from NLM.min_lm.training import TrainConfig, TrainingDiverged, train
@@ -17,11 +17,6 @@ from NLM.min_lm.training.data import BatchSampler, open_tokens, validation_start
 from NLM.min_lm.transformer import cross_entropy
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture
-def tokens(tmp_path):
-    return write_tokens(tmp_path, "train.npy"), write_tokens(tmp_path, "val.npy", n=1000, seed=1)
 
 
 def config(tmp_path, tokens, **overrides) -> TrainConfig:
