@@ -23,6 +23,7 @@ from torch import nn
 from train_helpers import StepClock
 
 from NLM.min_lm.distributed import (
+    DistContext,
     all_reduce_mean,
     setup_distributed,
     sync_context,
@@ -61,30 +62,35 @@ def train(model: nn.Module, ctx, ranks: list[int]) -> None:
 
 
 def main(mode: str, out: Path) -> None:
+    """Run MODE between joining and leaving the group: its DDP model is gone by the time teardown runs."""
     ctx, device = setup_distributed("cpu")
     try:
-        if mode == "train":
-            model = make_model(seed=ctx.rank)  # different start per rank: DDP must broadcast rank 0's
-            if ctx.is_main:
-                reference = copy.deepcopy(model)
-                train(reference, ctx=type(ctx)(), ranks=list(range(ctx.world_size)))
-                torch.save(reference.state_dict(), out / "reference.pt")
-            wrapped = wrap_model(model, ctx, device)
-            train(wrapped, ctx, ranks=[ctx.rank])
-            torch.save(wrapped.module.state_dict(), out / f"rank{ctx.rank}.pt")
-            (out / f"mean{ctx.rank}.txt").write_text(repr(all_reduce_mean(ctx.rank + 1.0, ctx, device)))
-        elif mode == "budget":  # rank 0's clock: 6 s per iteration; rank 1's: 60 s
-            clock = StepClock(seconds_per_iteration=6.0 * (1 + 9 * ctx.rank))
-            config = TrainConfig(**json.loads((out / "config.json").read_text()))
-            clock.trainer = Trainer(config, ctx, device, clock=clock)
-            result = clock.trainer.run()
-            (out / f"iterations{ctx.rank}.txt").write_text(str(result.iterations))
-        elif mode == "fail":
-            if ctx.rank == 1:
-                raise RuntimeError("rank 1 failed on purpose")
-            all_reduce_mean(1.0, ctx, device)  # blocks: rank 1 never joins
+        run(mode, out, ctx, device)
     finally:
         teardown(ctx)
+
+
+def run(mode: str, out: Path, ctx: DistContext, device: torch.device) -> None:
+    if mode == "train":
+        model = make_model(seed=ctx.rank)  # different start per rank: DDP must broadcast rank 0's
+        if ctx.is_main:
+            reference = copy.deepcopy(model)
+            train(reference, ctx=type(ctx)(), ranks=list(range(ctx.world_size)))
+            torch.save(reference.state_dict(), out / "reference.pt")
+        wrapped = wrap_model(model, ctx, device)
+        train(wrapped, ctx, ranks=[ctx.rank])
+        torch.save(wrapped.module.state_dict(), out / f"rank{ctx.rank}.pt")
+        (out / f"mean{ctx.rank}.txt").write_text(repr(all_reduce_mean(ctx.rank + 1.0, ctx, device)))
+    elif mode == "budget":  # rank 0's clock: 6 s per iteration; rank 1's: 60 s
+        clock = StepClock(seconds_per_iteration=6.0 * (1 + 9 * ctx.rank))
+        config = TrainConfig(**json.loads((out / "config.json").read_text()))
+        clock.trainer = Trainer(config, ctx, device, clock=clock)
+        result = clock.trainer.run()
+        (out / f"iterations{ctx.rank}.txt").write_text(str(result.iterations))
+    elif mode == "fail":
+        if ctx.rank == 1:
+            raise RuntimeError("rank 1 failed on purpose")
+        all_reduce_mean(1.0, ctx, device)  # blocks: rank 1 never joins
 
 
 if __name__ == "__main__":
