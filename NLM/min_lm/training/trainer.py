@@ -56,6 +56,7 @@ from NLM.min_lm.training.budget import budget_spent, effective_iteration
 from NLM.min_lm.training.config import TrainConfig
 from NLM.min_lm.training.data import BatchSampler, open_tokens, validation_starts
 from NLM.min_lm.training.interrupt import StopRequest, stop_requests
+from NLM.min_lm.training.memory import keep_freed_memory
 from NLM.min_lm.training.metrics import MetricsLog, TrainResult, plot_losses, start_wandb, summary
 from NLM.min_lm.training.throughput import Throughput, flops_per_token, peak_flops
 from NLM.min_lm.transformer import (
@@ -112,6 +113,8 @@ def train(config: TrainConfig, *, loss_fn: LossFn | None = None,
     clock(): seconds, measuring the training time that --max_minutes bounds (tests pass a fake one).
     """
     ctx, device = setup_distributed(config.device)
+    if device.type == "cpu":  # a CPU step reuses its freed buffers instead of faulting them in again
+        keep_freed_memory()
     try:
         with claim_outputs(config) if ctx.is_main else contextlib.nullcontext():
             return Trainer(config, ctx, device, loss_fn=loss_fn, on_record=on_record, clock=clock).run()
