@@ -175,7 +175,7 @@ def teardown(ctx: DistContext) -> None:
     """Leave the process group (call it in a `finally`); safe to call twice or when none was joined.
 
     Drop the DDP model before calling it. A DDP module freed after its process group is gone can hang the
-    process as it exits (seen with gloo on a loaded 2-core machine, in about one launch in four): the last
+    process as it exits (seen with gloo on a loaded 2-core machine, in about one launch in three): the last
     references to a finished trainer often sit in reference cycles, so those are collected first.
     """
     if dist.is_available() and dist.is_initialized():

@@ -23,7 +23,7 @@ def keep_freed_memory() -> bool:
     """Ask glibc to reuse freed blocks rather than return them to the kernel: blocks up to 32 MB come from
     the heap, and the heap is never trimmed. True when it took effect; False without glibc (macOS, Windows,
     musl), where the allocator is left as it is."""
-    if platform.system() != "Linux" or not platform.libc_ver()[0] == "glibc":
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     try:
         mallopt = ctypes.CDLL(None).mallopt
