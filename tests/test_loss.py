@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from NLM.min_lm.transformer import TransformerLM, cross_entropy
-from NLM.min_lm.transformer.loss import default_chunk_size, linear_cross_entropy, padded_size
+from NLM.min_lm.transformer.loss import _compiled_chunk, default_chunk_size, linear_cross_entropy, padded_size
 
 
 def float64_inputs(tokens=(3, 7), d=8, vocab=13, seed=0):
@@ -94,14 +94,36 @@ def test_model_loss_path_equals_cross_entropy_of_its_logits():
     assert model.lm_head.weight.shape == (50, 32) and model(x).shape == (3, 12, 50)
 
 
-def test_model_loss_path_compiles():
-    """The model is compiled up to the final norm; the fused loss runs as written (see loss.py)."""
+def test_model_loss_path_compiles_with_the_loss_chunks_compiled():
+    """The model is compiled up to the final norm, and the fused loss runs its chunks compiled (loss.py):
+    loss and gradients equal the eager model's."""
     torch._dynamo.reset()
+    _compiled_chunk.cache_clear()
     torch.manual_seed(0)
     model = TransformerLM(50, 16, 32, 2, 4, 48)
     compiled = torch.compile(model, backend="aot_eager")  # see test_model's compile test
     ids = torch.randint(0, 50, (2, 12), generator=torch.Generator().manual_seed(5))
-    loss = compiled(ids[:, :-1], targets=ids[:, 1:])
-    loss.backward()
-    torch.testing.assert_close(loss, model(ids[:, :-1], targets=ids[:, 1:]))
-    assert all(p.grad is not None for p in model.parameters())
+    x, y = ids[:, :-1], ids[:, 1:]
+    loss = compiled(x, targets=y)
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    assert _compiled_chunk.cache_info().currsize == 1  # the compiled model asked for compiled chunks
+    eager = model(x, targets=y)
+    eager_grads = torch.autograd.grad(eager, list(model.parameters()))
+    assert _compiled_chunk.cache_info().hits == 0  # ... and the eager one did not
+    torch.testing.assert_close(loss, eager)
+    for g, r in zip(grads, eager_grads, strict=True):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("padded_vocab", [None, 64])
+def test_compiled_chunks_equal_the_plain_path(padded_vocab):
+    """The compiled chunk step (inductor) against torch's cross-entropy, with an uneven last chunk."""
+    hidden, weight, targets = (t.float() if t.is_floating_point() else t for t in float64_inputs())
+    hidden, weight = hidden.detach().requires_grad_(), weight.detach().requires_grad_()
+    loss = linear_cross_entropy(hidden, weight, targets, chunk_size=8, padded_vocab=padded_vocab,
+                                compiled=True)
+    grads = torch.autograd.grad(loss * 2.5, (hidden, weight))
+    ref_loss, *ref_grads = reference(hidden, weight, targets, 2.5)
+    torch.testing.assert_close(loss, ref_loss)
+    for g, r in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(g, r)

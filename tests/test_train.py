@@ -15,6 +15,8 @@ from NLM.min_lm.training import TrainConfig, TrainingDiverged, train
 from NLM.min_lm.training import trainer as trainer_module
 from NLM.min_lm.training.data import BatchSampler, open_tokens, validation_starts
 from NLM.min_lm.transformer import cross_entropy
+from NLM.min_lm.transformer.loss import _chunk, _compiled_chunk
+from NLM.min_lm.transformer.model import TransformerLM
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -303,7 +305,7 @@ def test_the_training_step_never_waits_for_the_device(tmp_path, tokens, monkeypa
 
 
 def test_compiled_training_equals_eager(tmp_path, tokens, monkeypatch):
-    """--compile runs model and loss through torch.compile; the losses equal eager ones to rounding.
+    """--compile runs the model and the loss's chunk step through torch.compile; the losses equal eager ones.
     aot_eager traces exactly what inductor would compile but skips its C++ build (minutes on 2 cores);
     benchmarks/bench_model.py compares inductor's numbers."""
     compile_ = torch.compile
@@ -315,9 +317,12 @@ def test_compiled_training_equals_eager(tmp_path, tokens, monkeypatch):
 
     monkeypatch.setattr(torch, "compile", compile_without_inductor)
     torch._dynamo.reset()
+    _compiled_chunk.cache_clear()  # made anew here, with the patched compile (and cleared after)
     eager = train(config(tmp_path / "eager", tokens, max_iters=4, eval_interval=4))
     compiled = train(config(tmp_path / "compiled", tokens, max_iters=4, eval_interval=4, compile=True))
-    assert len(compiled_modules) == 1
+    _compiled_chunk.cache_clear()
+    assert compiled_modules == [compiled_modules[0], _chunk]  # the model, then the loss's chunk step
+    assert isinstance(compiled_modules[0], TransformerLM)
     eager_losses = train_losses(read_metrics(eager.metrics_path))
     assert train_losses(read_metrics(compiled.metrics_path)) == pytest.approx(eager_losses, abs=1e-5)
     assert compiled.final_val_loss == pytest.approx(eager.final_val_loss, abs=1e-5)

@@ -207,7 +207,9 @@ class TransformerLM(nn.Module):
         if targets is None:
             return self.lm_head(hidden)
         padded = padded_size(self.config.vocab_size, CUDA_VOCAB_MULTIPLE) if hidden.is_cuda else None
-        return linear_cross_entropy(hidden, self.lm_head.weight, targets, padded_vocab=padded)
+        # Traced by torch.compile, is_compiling() is True: the loss then runs its chunks compiled too.
+        return linear_cross_entropy(hidden, self.lm_head.weight, targets, padded_vocab=padded,
+                                    compiled=torch.compiler.is_compiling())
 
     def _residual_stream(self, in_indices: Tensor, kv_cache: KVCache | None) -> Tensor:
         """Embeddings through every block: (batch, T) ids -> (batch, T, d_model), before the final norm."""
