@@ -15,6 +15,8 @@ from NLM.min_lm.errors import UserError
 from NLM.min_lm.scripts.train import main as train_main
 from NLM.min_lm.training import TrainConfig, train
 from NLM.min_lm.training import metrics as metrics_module
+from NLM.min_lm.training.config import RECIPES
+from NLM.min_lm.training.trainer import make_optimizer
 from NLM.min_lm.transformer import (
     ModelConfig,
     MultiHeadSelfAttention,
@@ -22,6 +24,7 @@ from NLM.min_lm.transformer import (
     load_model,
     save_checkpoint,
 )
+from NLM.min_lm.transformer.optim import own_rates, param_groups, set_lr, with_own_rates
 from NLM.min_lm.transformer.utils import get_lr_cosine_schedule, get_lr_wsd_schedule, lr_at
 
 # --- qk_norm ------------------------------------------------------------------------------------------------
@@ -181,11 +184,42 @@ def test_recipes_fill_unset_flags_and_explicit_flags_win():
     ({"decay_frac": -0.1}, "--decay_frac must lie in [0, 1], got -0.1"),
     ({"muon_lr": -0.02}, "--muon_lr must not be negative, got -0.02"),
     ({"optimizer": "muon", "lr_max": 0.0, "lr_min": 0.0}, "--optimizer muon needs --lr_max > 0"),
+    ({"embed_lr": -0.2}, "--embed_lr must not be negative, got -0.2"),
+    ({"head_lr": -1.0}, "--head_lr must not be negative, got -1.0"),
+    ({"head_lr": 0.01, "lr_max": 0.0, "lr_min": 0.0}, "--head_lr needs --lr_max > 0"),
 ])
 def test_bad_recipe_values_name_the_flag(change, message):
     with pytest.raises(UserError) as info:
         TrainConfig(train_tokens="t.npy", val_tokens="v.npy", **change)
     assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_embedding_and_head_rates_of_their_own():
+    """--embed_lr / --head_lr put those two weights in AdamW groups of their own, at their rate times the
+    schedule's fraction; without them (baseline) the groups are exactly the seed's, so old states load."""
+    torch.manual_seed(0)
+    model = TransformerLM(64, 16, 32, 2, 4, 48)
+    base = TrainConfig(train_tokens="t.npy", val_tokens="v.npy", lr_max=1e-3)
+    assert (base.embed_lr, base.head_lr) == (None, None)
+    groups = make_optimizer(model, base).param_groups
+    assert [len(g["params"]) for g in groups] == [len(g["params"]) for g in param_groups(model, 0.1)]
+    for recipe in ("baseline", "speedrun"):
+        c = TrainConfig(train_tokens="t.npy", val_tokens="v.npy", lr_max=1e-3, recipe=recipe, embed_lr=0.2,
+                        head_lr=0.01)
+        optimizer = make_optimizer(model, c)
+        set_lr(optimizer, 0.5e-3)  # half-way down a schedule: every group at half its peak
+        rate = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+        decay = {id(p): g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
+        assert rate[id(model.token_embeddings.weight)] == pytest.approx(0.1)
+        assert rate[id(model.lm_head.weight)] == pytest.approx(0.005)
+        assert rate[id(model.ln_final.weight)] == pytest.approx(0.5e-3)
+        assert decay[id(model.token_embeddings.weight)] == 0 and decay[id(model.lm_head.weight)] == 0.1
+        assert len(rate) == len(list(model.parameters()))  # every weight in exactly one group
+    speedrun = TrainConfig(train_tokens="t.npy", val_tokens="v.npy", recipe="speedrun")
+    preset = RECIPES["speedrun"]
+    assert (speedrun.embed_lr, speedrun.head_lr) == (preset.embed_lr, preset.head_lr) != (None, None)
+    with pytest.raises(ValueError, match="lr, which must then be positive"):
+        with_own_rates(param_groups(model, 0.1), 0.0, own_rates(model, 0.2, None))
 
 
 # --- the trainer with the recipe: accumulation, exact resume, flags -----------------------------------------
@@ -260,6 +294,8 @@ def test_resume_refuses_another_optimizer_or_qk_norm_but_not_another_init(tmp_pa
     (["--muon_lr", "fast"], "argument --muon_lr: invalid float value: 'fast'"),
     (["--muon_lr", "-1"], "error: --muon_lr must not be negative, got -1.0"),
     (["--decay_frac", "2"], "error: --decay_frac must lie in [0, 1], got 2.0"),
+    (["--embed_lr", "nan"], "error: --embed_lr"),
+    (["--head_lr", "-0.5"], "error: --head_lr must not be negative, got -0.5"),
     (["--qk_norm", "yes"], "unrecognized arguments: yes"),
 ])
 def test_bad_recipe_flags_are_one_line_exit_2(tmp_path, tokens, capsys, argv, message):

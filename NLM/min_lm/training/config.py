@@ -33,21 +33,25 @@ class Recipe:
     zero_init_proj: bool
     lr_schedule: str
     decay_frac: float
+    embed_lr: float | None  # None: the embedding table at --lr_max
+    head_lr: float | None   # None: the output head at --lr_max
 
 
 # baseline: the seed's recipe (AdamW, cosine), unchanged. speedrun: the modded-nanogpt ingredients,
 # tuned on the quickstart corpus and model (benchmarks/bench_recipe.py).
 RECIPES = {  # keyed by options.RECIPE_NAMES
     "baseline": Recipe(optimizer="adamw", muon_lr=0.02, qk_norm=False, zero_init_proj=False,
-                       lr_schedule="cosine", decay_frac=0.2),
+                       lr_schedule="cosine", decay_frac=0.2, embed_lr=None, head_lr=None),
     "speedrun": Recipe(optimizer="muon", muon_lr=0.02, qk_norm=True, zero_init_proj=True,
-                       lr_schedule="wsd", decay_frac=0.3),
+                       lr_schedule="wsd", decay_frac=0.3, embed_lr=0.2, head_lr=0.01),
 }
 
 
 def _recipe(name: str, what: str, choices: tuple[str, ...] | None = None):
     """A flag whose default (None) comes from --recipe."""
-    values = ", ".join(f"{recipe} {getattr(RECIPES[recipe], name)}" for recipe in RECIPES)
+    shown = {recipe: getattr(RECIPES[recipe], name) for recipe in RECIPES}
+    values = ", ".join(f"{recipe} {'--lr_max' if value is None else value}"
+                       for recipe, value in shown.items())
     return field(default=None, metadata=arg(f"{what} (default from --recipe: {values})", choices=choices))
 
 
@@ -88,6 +92,8 @@ class TrainConfig:
                                     "and AdamW for the rest", OPTIMIZERS)
     muon_lr: float | None = _recipe("muon_lr", "Muon's peak learning rate (follows --lr_max's schedule)")
     lr_max: float = field(default=1e-3, metadata=arg("peak learning rate (of AdamW), reached after warmup"))
+    embed_lr: float | None = _recipe("embed_lr", "peak learning rate of the embedding table (AdamW)")
+    head_lr: float | None = _recipe("head_lr", "peak learning rate of the output head (AdamW)")
     lr_min: float = field(default=1e-4, metadata=arg("final learning rate of the decay"))
     lr_schedule: str | None = _recipe("lr_schedule", "cosine decay, or wsd: warmup, constant, "
                                       "then linear decay over the last --decay_frac", LR_SCHEDULES)
@@ -184,6 +190,13 @@ class TrainConfig:
             raise UserError(f"--decay_frac must lie in [0, 1], got {self.decay_frac!r}")
         if self.muon_lr < 0:
             raise UserError(f"--muon_lr must not be negative, got {self.muon_lr!r}")
+        for name in ("embed_lr", "head_lr"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise UserError(f"--{name} must not be negative, got {value!r}")
+            if value is not None and self.lr_max == 0:
+                raise UserError(f"--{name} needs --lr_max > 0: it follows --lr_max's schedule, "
+                                f"scaled by --{name} / --lr_max")
         if self.optimizer == "muon" and self.lr_max == 0:
             raise UserError("--optimizer muon needs --lr_max > 0: Muon's learning rate follows "
                             "--lr_max's schedule, scaled by --muon_lr / --lr_max")

@@ -69,7 +69,7 @@ from NLM.min_lm.transformer import (
 )
 from NLM.min_lm.transformer.checkpoint import load_model_state, read_checkpoint, restore_checkpoint
 from NLM.min_lm.transformer.checkpoint_schema import TRAINING_STATE_KEYS
-from NLM.min_lm.transformer.optim import CombinedOptimizer, muon_with_adamw, set_lr
+from NLM.min_lm.transformer.optim import CombinedOptimizer, muon_with_adamw, own_rates, set_lr, with_own_rates
 from NLM.min_lm.transformer.utils import batch_windows, global_grad_norm, lr_at
 
 
@@ -129,8 +129,11 @@ def train(config: TrainConfig, *, loss_fn: LossFn | None = None,
 def make_optimizer(model: TransformerLM, c: TrainConfig) -> AdamW | CombinedOptimizer:
     """AdamW for every weight, or Muon for the hidden matrices and AdamW for the rest (--optimizer)."""
     if c.optimizer == "muon":
-        return muon_with_adamw(model, c.muon_lr, c.lr_max, c.betas, c.weight_decay)
-    return AdamW(param_groups(model, c.weight_decay), lr=c.lr_max, betas=c.betas, weight_decay=c.weight_decay)
+        return muon_with_adamw(model, c.muon_lr, c.lr_max, c.betas, c.weight_decay, embed_lr=c.embed_lr,
+                               head_lr=c.head_lr)
+    groups = with_own_rates(param_groups(model, c.weight_decay), c.lr_max,
+                            own_rates(model, c.embed_lr, c.head_lr))
+    return AdamW(groups, lr=c.lr_max, betas=c.betas, weight_decay=c.weight_decay)
 
 
 @contextlib.contextmanager

@@ -298,6 +298,38 @@ def hidden_matrices(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.layers.parameters() if p.ndim == 2 and p.requires_grad]
 
 
+OwnRates = list[tuple[nn.Parameter, float | None]]
+
+
+def with_own_rates(groups: list[dict], lr: float, rates: OwnRates) -> list[dict]:
+    """`groups` with each parameter that has a peak rate of its own in `rates` (not None) moved into a group
+    of its own: same weight decay, `lr_scale` = rate / lr (see `set_lr`). With no such rate the groups come
+    back unchanged, so optimizer states saved with them still load.
+
+    What this is for: the embedding table and the output head (`own_rates`). An embedding row is updated
+    only in steps whose batch holds its token, and the first block's norm makes its scale irrelevant, so a
+    much higher rate is both needed (rare rows learn in a short run) and safe; the modded-nanogpt speedrun
+    gives the embeddings a rate tens of times the head's for these reasons.
+    """
+    own = {id(p): rate for p, rate in rates if rate is not None}
+    if own and lr <= 0:
+        raise ValueError("rates of their own are set relative to lr, which must then be positive")
+    result = []
+    for group in groups:
+        shared = [p for p in group["params"] if id(p) not in own]
+        if shared:
+            result.append({**group, "params": shared})
+        result += [{**group, "params": [p], "lr_scale": own[id(p)] / lr}
+                   for p in group["params"] if id(p) in own]
+    return result
+
+
+def own_rates(model: nn.Module, embed_lr: float | None, head_lr: float | None) -> OwnRates:
+    """The (parameter, rate) pairs for `with_own_rates`: the embedding table and the output head of a
+    TransformerLM; None leaves a weight at the shared rate."""
+    return [(model.token_embeddings.weight, embed_lr), (model.lm_head.weight, head_lr)]
+
+
 def muon_with_adamw(
     model: nn.Module,
     muon_lr: float,
@@ -305,20 +337,25 @@ def muon_with_adamw(
     betas: tuple[float, float] = (0.9, 0.95),
     weight_decay: float = 0.0,
     momentum: float = 0.95,
+    *,
+    embed_lr: float | None = None,
+    head_lr: float | None = None,
 ) -> CombinedOptimizer:
-    """Muon (lr `muon_lr`, no weight decay) for the hidden matrices; AdamW (lr `lr`) for everything else.
+    """Muon (lr `muon_lr`, no weight decay) for the hidden matrices; AdamW (lr `lr`) for everything else,
+    but the embedding table at `embed_lr` and the output head at `head_lr` where given.
 
     Each group records `lr_scale`, its peak learning rate over `lr`: a schedule that computes one learning
-    rate for the run sets each group's to lr * lr_scale (see `set_lr`), so both follow the same shape.
+    rate for the run sets each group's to lr * lr_scale (see `set_lr`), so all follow the same shape.
     """
     matrices = hidden_matrices(model)
     taken = {id(p) for p in matrices}
     adamw_groups = [{**group, "params": [p for p in group["params"] if id(p) not in taken], "lr_scale": 1.0}
                     for group in param_groups(model, weight_decay)]
+    adamw_groups = with_own_rates([group for group in adamw_groups if group["params"]], lr,
+                                  own_rates(model, embed_lr, head_lr))
     muon = Muon([{"params": matrices, "lr_scale": muon_lr / lr if lr > 0 else 0.0}], lr=muon_lr,
                 momentum=momentum)
-    adamw = AdamW([group for group in adamw_groups if group["params"]], lr=lr, betas=betas,
-                  weight_decay=weight_decay)
+    adamw = AdamW(adamw_groups, lr=lr, betas=betas, weight_decay=weight_decay)
     return CombinedOptimizer(muon, adamw)
 
 
