@@ -346,13 +346,13 @@ def main() -> None:
     info = machine_info("cuda" if args.cuda else "cpu")
     tables = []
     for name, size in sizes.items():
-        tables.append(measure_size(name, size, args.cuda))
+        tables.append({**measure_size(name, size, args.cuda), "machine": info})
         print_table(tables[-1], args.cuda)
 
     result = dict(
         benchmark="bench_model",
         mode="cuda" if args.cuda else "cpu",
-        machine=info,
+        machine=info,  # of this run; each table has its own "machine" too
         dtype="bf16 autocast" if args.cuda else "float32",
         flops_formula="6*N*B*T + 6*L*B*T^2*d_model, N = matmul weights (all but the input embedding)",
         memory_metric=("torch.cuda.max_memory_allocated over the timed steps" if args.cuda
@@ -363,9 +363,10 @@ def main() -> None:
     )
     out = RESULTS_DIR / f"bench_model_{'cuda' if args.cuda else 'cpu'}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    if out.exists():  # keep the tables of sizes not run this time (each table records its own load)
+    if out.exists():  # keep the tables of sizes not run this time (each records its own machine and load)
         measured = {table["size"] for table in tables}
-        earlier = json.loads(out.read_text()).get("tables", [])
+        previous = json.loads(out.read_text())
+        earlier = [{"machine": previous.get("machine"), **t} for t in previous.get("tables", [])]
         result["tables"] = [t for t in earlier if t["size"] not in measured] + tables
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
