@@ -5,7 +5,12 @@ model (the quickstart's size), same token budget, several seeds; both recipes ru
 invocation. Reported against the issue's targets:
 
 - tokens the speedrun needs to reach the baseline's final validation loss, as a fraction of the budget
-  (target <= 0.6), from the mean validation curves (linear between evaluations);
+  (target <= 0.6), measured two ways: as the speedrun itself is scored (modded-nanogpt's records are runs
+  of a fixed, shorter length that must reach the target loss), by speedrun runs given only
+  `--short_fraction` of the budget, their schedules (warmup, stable stage, decay) fitted to it, whose
+  final loss must be at or below the baseline's; and, stricter, where the full-budget speedrun's mean
+  curve first crosses the baseline's final loss (linear between evaluations; its WSD decay, which brings
+  most of the gain, only starts at 70% of the budget);
 - the final validation loss difference, baseline - speedrun (target >= 0.1 nats);
 - Muon's extra time per training step over AdamW's (target <= 10% at the quickstart size), also at
   d_model 768, measured by alternating steps of the two optimizers in one process.
@@ -39,6 +44,7 @@ from NLM.min_lm.transformer.optim import muon_with_adamw
 
 RESULTS = Path(__file__).resolve().parent / "results"
 RECIPES = ("baseline", "speedrun")
+LABELS = (*RECIPES, "speedrun_short")  # speedrun_short: the speedrun given --short_fraction of the budget
 
 
 def prepare_data(out_dir: Path) -> None:
@@ -116,17 +122,23 @@ def plot(curves: dict[str, list[dict]], tokens_per_iter: int, path: Path) -> Non
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for recipe, color in zip(RECIPES, ("tab:blue", "tab:red"), strict=True):
-        for run in curves[recipe]:
+    for label, color in zip(LABELS, ("tab:blue", "tab:red", "tab:green"), strict=True):
+        if not curves[label]:
+            continue
+        for run in curves[label]:
             iters, losses = zip(*run["curve"], strict=True)
             ax.plot(np.array(iters) * tokens_per_iter / 1e6, losses, color=color, alpha=0.25, lw=1)
-        mean = np.mean([[loss for _, loss in run["curve"]] for run in curves[recipe]], axis=0)
-        iters = [it for it, _ in curves[recipe][0]["curve"]]
+        mean = np.mean([[loss for _, loss in run["curve"]] for run in curves[label]], axis=0)
+        iters = [it for it, _ in curves[label][0]["curve"]]
+        name = label if label != "speedrun_short" else f"speedrun, {curves[label][0]['iters']} steps"
         ax.plot(np.array(iters) * tokens_per_iter / 1e6, mean, color=color, lw=2,
-                label=f"{recipe} (mean of {len(curves[recipe])} seeds)")
+                label=f"{name} (mean of {len(curves[label])} seeds)")
+    target = np.mean([run["curve"][-1][1] for run in curves["baseline"]])
+    ax.axhline(target, color="tab:blue", ls=":", lw=1, label="baseline's final loss")
     ax.set_xlabel("training tokens (millions)")
     ax.set_ylabel("validation loss (nats/token)")
     ax.set_title("minlm train --recipe baseline vs speedrun, quickstart corpus and model")
+    ax.set_ylim(top=min(ax.get_ylim()[1], target + 2.5))
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -143,16 +155,21 @@ def main() -> None:
     parser.add_argument("--eval_iters", type=int, default=10, help="validation batches per pass")
     parser.add_argument("--workers", type=int, default=2, help="runs at a time, one thread each")
     parser.add_argument("--timing_steps", type=int, default=6, help="steps per optimizer when timing")
+    parser.add_argument("--short_fraction", type=float, default=0.6,
+                        help="budget of the shorter speedrun runs, as a fraction of --iters (0: none)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(args.data_dir) if args.data_dir else Path(tmp)
         if not args.data_dir:
             prepare_data(data_dir)
-        jobs = [dict(recipe=recipe, seed=seed, iters=args.iters, context_length=args.context_length,
-                     eval_interval=max(1, args.iters // args.evals), eval_iters=args.eval_iters,
-                     train=str(data_dir / "train.npy"), valid=str(data_dir / "valid.npy"))
-                for seed in range(args.seeds) for recipe in RECIPES]
+        short = round(args.iters * args.short_fraction)
+        budgets = {"baseline": args.iters, "speedrun": args.iters, "speedrun_short": short}
+        jobs = [dict(label=label, recipe=label.removesuffix("_short"), seed=seed, iters=iters,
+                     context_length=args.context_length, eval_interval=max(1, iters // args.evals),
+                     eval_iters=args.eval_iters, train=str(data_dir / "train.npy"),
+                     valid=str(data_dir / "valid.npy"))
+                for seed in range(args.seeds) for label, iters in budgets.items() if iters > 0]
         start = time.perf_counter()
         with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
             runs = pool.map(run_one, jobs, chunksize=1)
@@ -160,11 +177,11 @@ def main() -> None:
     for run in runs:
         del run["train"], run["valid"]  # temporary paths: not part of the result
 
-    curves = {recipe: [r for r in runs if r["recipe"] == recipe] for recipe in RECIPES}
+    curves = {label: [r for r in runs if r["label"] == label] for label in LABELS}
     tokens_per_iter = runs[0]["tokens_per_iter"]
-    iters = np.array([it for it, _ in runs[0]["curve"]], dtype=float)
-    mean = {recipe: np.mean([[loss for _, loss in r["curve"]] for r in curves[recipe]], axis=0)
-            for recipe in RECIPES}
+    iters = np.array([it for it, _ in curves["baseline"][0]["curve"]], dtype=float)
+    mean = {label: np.mean([[loss for _, loss in r["curve"]] for r in curves[label]], axis=0)
+            for label in LABELS if curves[label]}
     target = float(mean["baseline"][-1])
     reach = first_reach(iters, mean["speedrun"], target)
     per_seed = []
@@ -174,6 +191,8 @@ def main() -> None:
         per_seed.append({"seed": base["seed"], "baseline_final": base["curve"][-1][1],
                          "speedrun_final": fast["curve"][-1][1],
                          "reach_fraction": None if seed_reach is None else seed_reach / args.iters})
+    for entry, run in zip(per_seed, curves["speedrun_short"], strict=False):
+        entry["speedrun_short_final"] = run["curve"][-1][1]
     torch.set_num_threads(1)  # as the training runs had
     batch = (args.context_length, DEFAULT.batch_size)
     timing = [
@@ -186,6 +205,11 @@ def main() -> None:
         "speedrun_final_val_loss": float(mean["speedrun"][-1]),
         "final_val_loss_difference": target - float(mean["speedrun"][-1]),
         "speedrun_tokens_to_baseline_final_fraction": None if reach is None else reach / args.iters,
+        "speedrun_short": None if not curves["speedrun_short"] else {
+            "fraction": short / args.iters, "iters": short,
+            "final_val_loss": float(mean["speedrun_short"][-1]),
+            "reaches_baseline_final": bool(mean["speedrun_short"][-1] <= target),
+            "margin_nats": target - float(mean["speedrun_short"][-1])},
         "per_seed": per_seed,
         "muon_extra_step_time": timing,
     }
@@ -193,9 +217,17 @@ def main() -> None:
         ("baseline final val loss (mean)", f"{target:.4f}"),
         ("speedrun final val loss (mean)", f"{summary['speedrun_final_val_loss']:.4f}"),
         ("difference (target >= 0.1 nats)", f"{summary['final_val_loss_difference']:.4f}"),
-        ("speedrun tokens to baseline final (target <= 0.6x)",
+        *([] if summary["speedrun_short"] is None else [
+            (f"speedrun with {short / args.iters:.2f}x the tokens: final val loss (mean)",
+             f"{summary['speedrun_short']['final_val_loss']:.4f} ("
+             f"{'at or below' if summary['speedrun_short']['reaches_baseline_final'] else 'above'} "
+             f"the baseline's by {abs(summary['speedrun_short']['margin_nats']):.4f} nats)")]),
+        *[(f"  seed {s['seed']}: baseline {s['baseline_final']:.4f}, speedrun with "
+           f"{short / args.iters:.2f}x the tokens", f"{s['speedrun_short_final']:.4f}")
+          for s in per_seed if "speedrun_short_final" in s],
+        ("full-budget speedrun's curve crosses the baseline's final loss at",
          "not reached" if reach is None else f"{reach / args.iters:.2f}x"),
-        *[(f"  seed {s['seed']}: final {s['baseline_final']:.4f} vs {s['speedrun_final']:.4f}, reach",
+        *[(f"  seed {s['seed']}: final {s['baseline_final']:.4f} vs {s['speedrun_final']:.4f}, crosses at",
            "not reached" if s["reach_fraction"] is None else f"{s['reach_fraction']:.2f}x")
           for s in per_seed],
         *[(f"Muon extra step time, d_model {t['d_model']} (target <= 10% at 128)",
@@ -212,6 +244,7 @@ def main() -> None:
              "tokens_per_run": args.iters * tokens_per_iter, "context_length": args.context_length,
              "batch_size": DEFAULT.batch_size, "d_model": DEFAULT.d_model, "num_layers": DEFAULT.num_layers,
              "seeds": args.seeds, "evals": args.evals, "eval_iters": args.eval_iters,
+             "short_fraction": args.short_fraction,
              "workers": args.workers, "training_wall_seconds": training_wall}
     out = RESULTS / "bench_recipe.json"
     out.write_text(json.dumps({"benchmark": "minlm train --recipe baseline vs speedrun", "setup": setup,
