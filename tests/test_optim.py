@@ -81,7 +81,9 @@ def test_fast_updates_equal_the_one_by_one_reference(impl):
     train(a, opt_a, steps=5)
     train(b, opt_b, steps=5)
     for p, q in zip(a.parameters(), b.parameters(), strict=True):
-        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+        # float32 rounding: torch's fused kernel orders (and, per CPU, contracts) the arithmetic its own way;
+        # on an AMD EPYC one weight in 1024 moved by 1.1e-7 (1.4e-5 of itself) after 5 steps of lr 1e-2
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
         for key in ("exp_avg", "exp_avg_sq"):
             torch.testing.assert_close(opt_a.state[p][key], opt_b.state[q][key], rtol=1e-5, atol=1e-8)
         assert opt_a.state[p]["step"] == opt_b.state[q]["step"] == 5
