@@ -307,9 +307,10 @@ def with_own_rates(groups: list[dict], lr: float, rates: OwnRates) -> list[dict]
     back unchanged, so optimizer states saved with them still load.
 
     What this is for: the embedding table and the output head (`own_rates`). An embedding row is updated
-    only in steps whose batch holds its token, and the first block's norm makes its scale irrelevant, so a
-    much higher rate is both needed (rare rows learn in a short run) and safe; the modded-nanogpt speedrun
-    gives the embeddings a rate tens of times the head's for these reasons.
+    only in steps whose batch holds its token, and every block reads the residual stream through a norm,
+    so a much higher rate is both needed (rare rows learn in a short run) and safe (a larger row does not
+    blow up the blocks' inputs); the modded-nanogpt speedrun gives its embeddings a rate tens of times
+    its head's.
     """
     own = {id(p): rate for p, rate in rates if rate is not None}
     if own and lr <= 0:
