@@ -116,7 +116,7 @@ def step_time_ratio(d_model: int, num_layers: int, num_heads: int, context_lengt
             "adamw_step_s": adamw, "muon_step_s": muon, "extra": muon / adamw - 1, "steps": steps}
 
 
-def plot(curves: dict[str, list[dict]], tokens_per_iter: int, path: Path) -> None:
+def plot(curves: dict[str, list[dict]], tokens_per_iter: int, target: float, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -134,7 +134,6 @@ def plot(curves: dict[str, list[dict]], tokens_per_iter: int, path: Path) -> Non
         name = label if label != "speedrun_short" else f"speedrun, {curves[label][0]['iters']} steps"
         ax.plot(np.array(iters) * tokens_per_iter / 1e6, mean, color=color, lw=2,
                 label=f"{name} (mean of {len(curves[label])} seeds)")
-    target = np.mean([run["curve"][-1][1] for run in curves["baseline"]])
     ax.axhline(target, color="tab:blue", ls=":", lw=1, label="baseline's final loss")
     ax.set_xlabel("training tokens (millions)")
     ax.set_ylabel("validation loss (nats/token)")
@@ -244,7 +243,7 @@ def main() -> None:
         print(f"{name:<{width}}  {value}")
 
     RESULTS.mkdir(parents=True, exist_ok=True)
-    plot(curves, tokens_per_iter, RESULTS / "bench_recipe.png")
+    plot(curves, tokens_per_iter, target, RESULTS / "bench_recipe.png")
     setup = {"corpus": "quickstart default (Python standard library source)", "iters": args.iters,
              "tokens_per_run": args.iters * tokens_per_iter, "context_length": args.context_length,
              "batch_size": DEFAULT.batch_size, "d_model": DEFAULT.d_model, "num_layers": DEFAULT.num_layers,

@@ -55,7 +55,7 @@ def _chunk(
     h: Tensor, weight: Tensor, targets: Tensor, grad_weight: Tensor | None, vocab_size: int, num_tokens: int
 ) -> tuple[Tensor, Tensor | None]:
     """One chunk's summed loss and, when `grad_weight` is given, its hidden states' gradient (the weight's
-    is added to `grad_weight`). The sums run in grad_weight's dtype: float32 (float64 stays float64)."""
+    is added to `grad_weight`). The softmax and sums run in float32 (float64 stays float64)."""
     sum_dtype = torch.promote_types(weight.dtype, torch.float32)
     logits = (h @ weight.T).to(sum_dtype)  # (chunk, V_padded)
     if logits.shape[1] > vocab_size:
