@@ -4,14 +4,23 @@
  * bpe_trainer._learn_merges_python: same input (pre-token -> frequency), same merges, in the same
  * order. The Python stays the reference; tests compare the two exactly.
  *
- * Every word is kept the way the Python keeps its long words (_LongWord): all words' bytes sit in
- * one array of positions, each position holding its token and links to its live neighbours, and
- * each pair keeps a list of the positions where it starts. A merge then visits only the pair's
- * occurrences, whatever the lengths of the words (in C this costs no more than rewriting short
- * words, so there is no second path). Unlike the Python's sets, the position lists are not pruned
- * when a pair moves away: an entry is checked when it is used (the pair must still start there),
- * which is sound because a position's token only ever changes to a newer one, so a pair that has
- * moved away never comes back.
+ * A merge must cost time in proportion to the pair's occurrences, whatever the lengths of the words
+ * (one megabyte of DNA is one word), and each occurrence must cost little. Three facts make that so:
+ *
+ * 1. Every byte of every word is a position holding its token, links to its live neighbours and the
+ *    id of the pair that starts there. A merge meets each neighbouring pair it destroys at a known
+ *    position, so it updates that pair's count without looking the pair up.
+ * 2. Every pair a merge makes holds the new token. Within the merge such a pair is found through the
+ *    other token, in two small tables indexed by token id (`made_left`, `made_right`): no hashing.
+ * 3. A pair is made in exactly one merge (the one that made its newer token; pairs of two bytes at
+ *    the start), and all of its occurrences arise then: afterwards they only go away. So its list of
+ *    positions is written once, at the end of that merge, as a slice of one shared array, in the
+ *    order of the word (occurrences are visited in that order). An entry whose position no longer
+ *    starts the pair is skipped when met; the slices of pairs that are gone are dropped when the
+ *    array fills up.
+ *
+ * Merges visit their occurrences left to right, which is also the order that overlapping
+ * occurrences ("a a a" gives "new a") need.
  *
  * Safety: every index is checked against its array's length or comes from a checked one; sizes are
  * checked for overflow before allocating; counts are checked up front to fit in 64 bits. The GIL
@@ -25,8 +34,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define GONE (-1)             /* a position whose token was merged into its left neighbour */
 #define PROGRESS_EVERY 1024   /* merges between calls of the progress callback */
+#define FLOOR 16             /* pairs seen at most this often wait outside the heap, see best_pair */
+#define PREFETCH 16           /* how far ahead a merge asks for the positions it will visit */
 
 /* ---------------------------------------------------------------------------------------------- */
 /* Growable arrays                                                                                  */
@@ -48,50 +58,45 @@ static int grow(void **data, size_t *cap, size_t need, size_t size) {
     return 0;
 }
 
-typedef struct {
-    int32_t *items;
-    size_t len, cap;
-} PositionList;
-
-static int positions_append(PositionList *list, int32_t position) {
-    if (grow((void **)&list->items, &list->cap, list->len + 1, sizeof(int32_t))) return -1;
-    list->items[list->len++] = position;
-    return 0;
-}
-
-static void positions_free(PositionList *list) {
-    free(list->items);
-    list->items = NULL;
-    list->len = list->cap = 0;
-}
-
 /* ---------------------------------------------------------------------------------------------- */
 /* The trainer's state                                                                              */
 /* ---------------------------------------------------------------------------------------------- */
 
+/* One byte of a word. Python twin: one index i of a _LongWord (tokens[i], next[i], prev[i]). */
+typedef struct {
+    int32_t token;      /* meaningful while the position is in use */
+    int32_t next, prev; /* the neighbouring positions still in use, -1 at the word's ends */
+    int32_t pair;       /* the pair (token, next's token) that starts here, -1 if none */
+    int32_t word;       /* index into `freq` */
+} Position;
+
 typedef struct {
     int32_t a, b;
-    int64_t count;        /* Python: pair_counts[a, b] */
-    PositionList where;   /* Python: _LongWord.positions[a, b] (here possibly with stale entries) */
-    int32_t made_in;      /* the last merge whose new pairs include this one (dedups `made`) */
+    size_t start, len; /* its positions: where[start : start + len], some possibly out of date */
 } Pair;
 
+/* An occurrence noted during a merge, filed into `where` when the merge ends. */
+typedef struct {
+    int32_t pair, position;
+} Occurrence;
+
+/* Which pair a merge made with a given other token (valid if `merge` is the current merge). */
+typedef struct {
+    int32_t merge, pair;
+} Made;
+
+/* `lead`: the first four bytes of the pair's first token, big-endian, zero-padded. Most entries tied
+ * on the count differ there, which settles their order without reading the tokens. */
 typedef struct {
     int64_t count;
     int32_t pair;
+    uint32_t lead;
 } HeapEntry;
 
 /* The bytes of a token are token_bytes[start : start + len]. */
 typedef struct {
     size_t start, len;
 } Token;
-
-/* One byte of a word. Python twin: one index i of a _LongWord (tokens[i], next[i], prev[i]). */
-typedef struct {
-    int32_t token;      /* GONE once merged into its left neighbour */
-    int32_t next, prev; /* the neighbouring positions still in use, -1 at the word's ends */
-    int32_t word;       /* index into `freq` */
-} Position;
 
 typedef struct {
     unsigned char *token_bytes;
@@ -105,19 +110,30 @@ typedef struct {
     int64_t *freq; /* per word */
     size_t num_words, words_cap;
 
-    /* pairs and the hash table (a, b) -> index in `pairs` (open addressing, -1 = empty) */
+    /* pairs, their counts (Python: pair_counts; kept apart, as a merge touches only the counts of
+     * the pairs it destroys) and the slices of their positions */
     Pair *pairs;
     size_t num_pairs, pairs_cap;
-    int32_t *table;
-    size_t table_size; /* a power of two, kept at least twice num_pairs */
+    int64_t *count;
+    size_t count_cap;
+    int32_t *where;
+    size_t where_len, where_cap;
 
-    /* the max-heap of (count, pair), possibly with out-of-date entries (Python: `heap`) */
-    HeapEntry *heap;
-    size_t heap_len, heap_cap;
-
-    /* pairs made by the current merge (Python: `new_pairs` / `made`) */
+    /* the current merge: the pairs it made (Python: `new_pairs`), found by their other token, and
+     * their occurrences in the order met */
     int32_t *made;
     size_t made_len, made_cap;
+    Made *made_left, *made_right; /* (x, new) by x and (new, y) by y; one per possible token */
+    Occurrence *fresh;
+    size_t fresh_len, fresh_cap;
+
+    /* the max-heap of (count, pair), possibly with out-of-date entries (Python: `heap`), holding
+     * every pair counted more than `floor` times; the pairs counted fewer are parked aside */
+    HeapEntry *heap;
+    size_t heap_len, heap_cap;
+    int64_t floor;
+    int32_t *parked;
+    size_t parked_len, parked_cap;
 } Trainer;
 
 static void trainer_free(Trainer *t) {
@@ -125,11 +141,15 @@ static void trainer_free(Trainer *t) {
     free(t->tokens);
     free(t->at);
     free(t->freq);
-    for (size_t p = 0; p < t->num_pairs; p++) positions_free(&t->pairs[p].where);
     free(t->pairs);
-    free(t->table);
-    free(t->heap);
+    free(t->count);
+    free(t->where);
     free(t->made);
+    free(t->made_left);
+    free(t->made_right);
+    free(t->fresh);
+    free(t->heap);
+    free(t->parked);
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -162,6 +182,9 @@ static int compare_tokens(const Trainer *t, int32_t x, int32_t y) {
  * bpe_trainer (`_descending_key`): the higher count first, then the greater pair of byte strings. */
 static int comes_first(const Trainer *t, HeapEntry x, HeapEntry y) {
     if (x.count != y.count) return x.count > y.count;
+    /* Leads differ only at a byte that both tokens hold, or where one has ended (padding 0, the
+     * smaller, as a prefix is): either way as the tokens differ. */
+    if (x.lead != y.lead) return x.lead > y.lead;
     const Pair *p = &t->pairs[x.pair], *q = &t->pairs[y.pair];
     int c = compare_tokens(t, p->a, q->a);
     if (c == 0) c = compare_tokens(t, p->b, q->b);
@@ -176,7 +199,10 @@ static int comes_first(const Trainer *t, HeapEntry x, HeapEntry y) {
 
 static int heap_push(Trainer *t, int32_t pair) {
     if (grow((void **)&t->heap, &t->heap_cap, t->heap_len + 1, sizeof(HeapEntry))) return -1;
-    HeapEntry entry = {t->pairs[pair].count, pair};
+    Token a = t->tokens[t->pairs[pair].a];
+    uint32_t lead = 0;
+    for (size_t n = 0; n < 4; n++) lead = lead << 8 | (n < a.len ? t->token_bytes[a.start + n] : 0);
+    HeapEntry entry = {t->count[pair], pair, lead};
     size_t i = t->heap_len++;
     while (i > 0) {
         size_t parent = (i - 1) / 2;
@@ -203,55 +229,133 @@ static HeapEntry heap_pop(Trainer *t) {
     return top;
 }
 
-/* ---------------------------------------------------------------------------------------------- */
-/* Pairs (Python: the dicts pair_counts and positions, keyed by (a, b))                             */
-/* ---------------------------------------------------------------------------------------------- */
-
-static size_t slot_of(const Trainer *t, int32_t a, int32_t b) {
-    uint64_t key = ((uint64_t)(uint32_t)a << 32) | (uint32_t)b;
-    key *= 0x9E3779B97F4A7C15ull;
-    return (size_t)(key ^ (key >> 29)) & (t->table_size - 1);
-}
-
-/* The index of pair (a, b), or -1 if it was never seen. */
-static int32_t find_pair(const Trainer *t, int32_t a, int32_t b) {
-    for (size_t s = slot_of(t, a, b);; s = (s + 1) & (t->table_size - 1)) {
-        int32_t p = t->table[s];
-        if (p < 0 || (t->pairs[p].a == a && t->pairs[p].b == b)) return p;
-    }
-}
-
-static int rehash(Trainer *t, size_t size) {
-    int32_t *table = malloc(size * sizeof(int32_t));
-    if (table == NULL) return -1;
-    memset(table, 0xff, size * sizeof(int32_t)); /* all -1 */
-    free(t->table);
-    t->table = table;
-    t->table_size = size;
-    for (size_t p = 0; p < t->num_pairs; p++) {
-        size_t s = slot_of(t, t->pairs[p].a, t->pairs[p].b);
-        while (table[s] >= 0) s = (s + 1) & (size - 1);
-        table[s] = (int32_t)p;
-    }
+/* Put pair p where it belongs by its count: the heap, the parked pairs, or nowhere if it is gone. */
+static int file_pair(Trainer *t, int32_t p) {
+    if (t->count[p] > t->floor) return heap_push(t, p);
+    if (t->count[p] == 0) return 0;
+    if (grow((void **)&t->parked, &t->parked_cap, t->parked_len + 1, sizeof(int32_t))) return -1;
+    t->parked[t->parked_len++] = p;
     return 0;
 }
 
-/* The index of pair (a, b), added with count 0 if new (Python: defaultdict). -1 if out of memory. */
-static int32_t get_pair(Trainer *t, int32_t a, int32_t b) {
-    int32_t p = find_pair(t, a, b);
-    if (p >= 0) return p;
-    if (t->num_pairs >= INT32_MAX - 1) return -1;
-    if (2 * (t->num_pairs + 1) > t->table_size) {
-        if (t->table_size > SIZE_MAX / 4 || rehash(t, 2 * t->table_size)) return -1;
+/* The pair to merge next (Python: the top of the heap once it is up to date), -1 when no pair is
+ * left, -2 if out of memory. Most pairs of a large corpus are seen a few times and are never merged:
+ * parking them keeps the heap small, and they come back, with a lower floor, only when every pair
+ * above the floor is gone. (A heap entry's count is at least the pair's: counts only fall once the
+ * merge that made a pair has ended and filed it.) */
+static int32_t best_pair(Trainer *t) {
+    for (;;) {
+        if (t->heap_len == 0 || t->heap[0].count <= t->floor) {
+            if (t->floor == 0) return -1; /* then nothing is parked, and the heap is empty */
+            t->floor /= 2;
+            size_t kept = 0;
+            for (size_t n = 0; n < t->parked_len; n++) {
+                int32_t p = t->parked[n];
+                if (t->count[p] > t->floor) {
+                    if (heap_push(t, p)) return -2;
+                } else if (t->count[p] > 0) {
+                    t->parked[kept++] = p;
+                }
+            }
+            t->parked_len = kept;
+            continue;
+        }
+        HeapEntry top = heap_pop(t);
+        if (t->count[top.pair] == top.count) return top.pair;
+        if (file_pair(t, top.pair)) return -2; /* out of date: re-file it with its true count */
     }
-    if (grow((void **)&t->pairs, &t->pairs_cap, t->num_pairs + 1, sizeof(Pair))) return -1;
-    p = (int32_t)t->num_pairs++;
-    Pair fresh = {a, b, 0, {NULL, 0, 0}, -1};
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Pairs and their positions                                                                        */
+/* ---------------------------------------------------------------------------------------------- */
+
+/* Make room for `pairs` new pairs and `moves` noted occurrences, so that what follows cannot fail. */
+static int reserve(Trainer *t, size_t pairs, size_t moves) {
+    if (t->num_pairs + pairs > INT32_MAX) return -1;
+    return grow((void **)&t->pairs, &t->pairs_cap, t->num_pairs + pairs, sizeof(Pair)) ||
+           grow((void **)&t->count, &t->count_cap, t->num_pairs + pairs, sizeof(int64_t)) ||
+           grow((void **)&t->made, &t->made_cap, t->made_len + pairs, sizeof(int32_t)) ||
+           grow((void **)&t->fresh, &t->fresh_cap, t->fresh_len + moves, sizeof(Occurrence));
+}
+
+/* A new pair (a, b) with count 0, noted as made by the current merge (room reserved). */
+static int32_t new_pair(Trainer *t, int32_t a, int32_t b) {
+    int32_t p = (int32_t)t->num_pairs++;
+    Pair fresh = {a, b, 0, 0};
     t->pairs[p] = fresh;
-    size_t s = slot_of(t, a, b);
-    while (t->table[s] >= 0) s = (s + 1) & (t->table_size - 1);
-    t->table[s] = p;
+    t->count[p] = 0;
+    t->made[t->made_len++] = p;
     return p;
+}
+
+/* The pair (u, v) of this merge, where u or v is the new token: found by the other token, or made.
+ * Python twin: the defaultdict entry pair_counts[u, v]. */
+static int32_t made_pair(Trainer *t, int32_t u, int32_t v, int32_t new, int32_t merge) {
+    Made *slot = v == new ? &t->made_left[u] : &t->made_right[v];
+    if (slot->merge != merge) {
+        slot->merge = merge;
+        slot->pair = new_pair(t, u, v);
+    }
+    return slot->pair;
+}
+
+/* From now on the pair at `position` is `pair`, in a word of frequency `freq`: the old pair's count
+ * falls, the new one's rises, and the occurrence is noted (room reserved). Python twin:
+ * _LongWord._move. */
+static void move(Trainer *t, int32_t position, int32_t pair, int64_t freq) {
+    int32_t old = t->at[position].pair;
+    if (old >= 0) t->count[old] -= freq;
+    t->at[position].pair = pair;
+    t->count[pair] += freq;
+    Occurrence seen = {pair, position};
+    t->fresh[t->fresh_len++] = seen;
+}
+
+/* Drop the slices of the pairs that are gone (count 0: merged, or never to come back, see the top).
+ * Slices lie in the order of pair ids, as they were filed, so the rest move down in place. The
+ * out-of-date entries of live slices stay: finding them would cost a visit to each position. */
+static void compact(Trainer *t) {
+    size_t to = 0;
+    for (size_t p = 0; p < t->num_pairs; p++) {
+        Pair *pair = &t->pairs[p];
+        if (t->count[p] == 0) pair->len = 0;
+        if (pair->len) memmove(t->where + to, t->where + pair->start, pair->len * sizeof(int32_t));
+        pair->start = to;
+        to += pair->len;
+    }
+    t->where_len = to;
+}
+
+/* File the occurrences noted during this merge as the slices of the pairs it made (a counting sort
+ * by pair, which keeps each slice in the order of the word). Pairs whose count fell back to 0 are
+ * skipped: they are gone. 0, or -1 if out of memory. */
+static int file_fresh(Trainer *t) {
+    size_t need = t->where_len + t->fresh_len;
+    if (need > t->where_cap) { /* full: compact (before the new slices are counted), keeping half free */
+        compact(t);
+        need = 2 * (t->where_len + t->fresh_len);
+    }
+    if (grow((void **)&t->where, &t->where_cap, need, sizeof(int32_t))) return -1;
+    for (size_t n = 0; n < t->fresh_len; n++) {
+        int32_t p = t->fresh[n].pair;
+        if (t->count[p] > 0) t->pairs[p].len++;
+    }
+    for (size_t n = 0; n < t->made_len; n++) {
+        Pair *pair = &t->pairs[t->made[n]];
+        pair->start = t->where_len;
+        t->where_len += pair->len;
+        pair->len = 0;
+    }
+    for (size_t n = 0; n < t->fresh_len; n++) {
+        Occurrence seen = t->fresh[n];
+        if (t->count[seen.pair] > 0) {
+            Pair *pair = &t->pairs[seen.pair];
+            t->where[pair->start + pair->len++] = seen.position;
+        }
+    }
+    t->fresh_len = t->made_len = 0;
+    return 0;
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -271,7 +375,8 @@ static int add_word(Trainer *t, const unsigned char *bytes, size_t len, int64_t 
     }
     int32_t first = (int32_t)t->num_positions, last = (int32_t)(t->num_positions + len - 1);
     for (int32_t i = first; i <= last; i++) {
-        Position byte = {bytes[i - first], i < last ? i + 1 : -1, i > first ? i - 1 : -1, (int32_t)t->num_words};
+        Position byte = {bytes[i - first], i < last ? i + 1 : -1, i > first ? i - 1 : -1, -1,
+                         (int32_t)t->num_words};
         t->at[i] = byte;
     }
     t->freq[t->num_words++] = freq;
@@ -316,17 +421,27 @@ static int read_words(Trainer *t, PyObject *word_counts) {
     return 0;
 }
 
-/* Count every adjacent pair and index where it starts. Python twin: the `pairwise` loop. */
+/* Count every adjacent pair of bytes and file where it starts. Python twin: the `pairwise` loop. */
 static int count_pairs(Trainer *t) {
+    int32_t *byte_pairs = malloc(256 * 256 * sizeof(int32_t)); /* (a, b) -> pair id, -1 if unseen */
+    if (byte_pairs == NULL) return -1;
+    memset(byte_pairs, 0xff, 256 * 256 * sizeof(int32_t));
+    if (reserve(t, 256 * 256, t->num_positions)) {
+        free(byte_pairs);
+        return -1;
+    }
     for (size_t i = 0; i < t->num_positions; i++) {
         Position here = t->at[i];
         if (here.next < 0) continue;
-        int32_t p = get_pair(t, here.token, t->at[here.next].token);
-        if (p < 0 || positions_append(&t->pairs[p].where, (int32_t)i)) return -1;
-        t->pairs[p].count += t->freq[here.word];
+        int32_t *id = &byte_pairs[here.token << 8 | t->at[here.next].token];
+        if (*id < 0) *id = new_pair(t, here.token, t->at[here.next].token);
+        move(t, (int32_t)i, *id, t->freq[here.word]);
     }
+    free(byte_pairs);
+    if (file_fresh(t)) return -1;
+    t->floor = FLOOR;
     for (size_t p = 0; p < t->num_pairs; p++) {
-        if (heap_push(t, (int32_t)p)) return -1;
+        if (file_pair(t, (int32_t)p)) return -1;
     }
     return 0;
 }
@@ -335,66 +450,41 @@ static int count_pairs(Trainer *t) {
 /* One merge                                                                                        */
 /* ---------------------------------------------------------------------------------------------- */
 
-/* An occurrence of pair (x, y) becomes one of pair (u, v) at position j, in a word of frequency
- * `freq`; (u, v) is noted as made by this merge. Python twin: _LongWord._move, except that the old
- * position stays in (x, y)'s list, to be skipped when used. That list is freed once the count reaches
- * 0, unless the pair holds the token being made (`new`): a pair of older tokens never forms again,
- * but one with `new` can, later in this merge. */
-static int move(Trainer *t, int32_t x, int32_t y, int32_t u, int32_t v, int32_t j, int64_t freq, int32_t new,
-                int32_t merge) {
-    int32_t p = find_pair(t, x, y); /* always found: every pair in a word was counted */
-    if (p >= 0) {
-        t->pairs[p].count -= freq;
-        if (t->pairs[p].count == 0 && x != new && y != new) positions_free(&t->pairs[p].where);
-    }
-    int32_t q = get_pair(t, u, v);
-    if (q < 0 || positions_append(&t->pairs[q].where, j)) return -1;
-    t->pairs[q].count += freq;
-    if (t->pairs[q].made_in != merge) {
-        t->pairs[q].made_in = merge;
-        if (grow((void **)&t->made, &t->made_cap, t->made_len + 1, sizeof(int32_t))) return -1;
-        t->made[t->made_len++] = q;
-    }
-    return 0;
-}
-
-static int compare_positions(const void *x, const void *y) {
-    int32_t a = *(const int32_t *)x, b = *(const int32_t *)y;
-    return (a > b) - (a < b);
-}
-
-/* Replace every occurrence of pair `p` = (a, b) by token `new`, left to right within a word.
- * Python twin: _LongWord.merge (and _merge_in_words, which calls it). */
+/* Replace every occurrence of pair `p` = (a, b) by token `new`, left to right. In `x a b y` the
+ * pairs (x, a) and (b, y) give way to (x, new) and (new, y). Python twin: _LongWord.merge (and
+ * _merge_in_words, which calls it). */
 static int merge_pair(Trainer *t, int32_t p, int32_t new, int32_t merge) {
-    int32_t a = t->pairs[p].a, b = t->pairs[p].b;
-    PositionList found = t->pairs[p].where; /* taken: (a, b) is gone after this merge */
-    t->pairs[p].where.items = NULL;
-    t->pairs[p].where.len = t->pairs[p].where.cap = 0;
-    /* Occurrences overlap only when a == b ("a a a" gives "new a"): then go left to right. */
-    if (a == b && found.len > 1) qsort(found.items, found.len, sizeof(int32_t), compare_positions);
-    int status = 0;
-    for (size_t n = 0; n < found.len && status == 0; n++) {
-        int32_t i = found.items[n];
-        int32_t j = t->at[i].next;
-        if (t->at[i].token != a || j < 0 || t->at[j].token != b) continue; /* stale, or just taken */
-        int64_t freq = t->freq[t->at[i].word];
-        int32_t left = t->at[i].prev, k = t->at[j].next;
+    const Pair found = t->pairs[p];
+    /* Each occurrence moves two pairs, to pairs of `new` with one of the tokens there can be. */
+    size_t most = 2 * t->num_tokens < 2 * found.len ? 2 * t->num_tokens : 2 * found.len;
+    if (reserve(t, most, 2 * found.len)) return -1;
+    for (size_t n = 0; n < found.len; n++) {
+        if (n + PREFETCH < found.len) __builtin_prefetch(&t->at[t->where[found.start + n + PREFETCH]]);
+        int32_t i = t->where[found.start + n];
+        if (t->at[i].pair != p) continue; /* moved away, or taken by the occurrence just merged */
+        Position *here = &t->at[i];
+        int32_t left = here->prev, j = here->next, k = t->at[j].next;
+        int64_t freq = t->freq[here->word];
         if (left >= 0) { /* (x, a) at `left` becomes (x, new) */
-            int32_t x = t->at[left].token;
-            status = move(t, x, a, x, new, left, freq, new, merge);
+            move(t, left, made_pair(t, t->at[left].token, new, new, merge), freq);
         }
-        if (k >= 0 && status == 0) { /* (b, y) at j becomes (new, y) at i */
-            int32_t y = t->at[k].token;
-            status = move(t, b, y, new, y, i, freq, new, merge);
+        int32_t gone = t->at[j].pair; /* (b, y), or none at the word's end */
+        if (gone >= 0) {
+            t->count[gone] -= freq;
+            t->at[j].pair = -1;
+        }
+        if (k >= 0) { /* (b, y) at j becomes (new, y) at i */
+            move(t, i, made_pair(t, new, t->at[k].token, new, merge), freq);
             t->at[k].prev = i;
+        } else {
+            here->pair = -1;
         }
-        t->at[i].token = new;
-        t->at[j].token = GONE;
-        t->at[i].next = k;
+        here->token = new;
+        here->next = k;
     }
-    positions_free(&found);
-    t->pairs[p].count = 0; /* Python: pair_counts.pop((a, b)) */
-    return status;
+    t->count[p] = 0; /* Python: pair_counts.pop((a, b)) */
+    t->pairs[p].len = 0;
+    return 0;
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -405,24 +495,21 @@ static int merge_pair(Trainer *t, int32_t p, int32_t new, int32_t merge) {
  * Python twin: the `while` loop of _learn_merges_python. Touches no Python object: runs without
  * the GIL. Returns 0, or -1 when out of memory. */
 static int run_merges(Trainer *t, int32_t *merges, size_t *num_merges, size_t target) {
-    while (*num_merges < target && t->heap_len) {
-        HeapEntry top = heap_pop(t);
-        int64_t count = t->pairs[top.pair].count;
-        if (count != top.count) { /* out of date: counts only fall, so re-file it with its true count */
-            if (count > 0 && heap_push(t, top.pair)) return -1;
-            continue;
-        }
-        int32_t a = t->pairs[top.pair].a, b = t->pairs[top.pair].b;
+    while (*num_merges < target) {
+        int32_t best = best_pair(t);
+        if (best == -1) break;
+        if (best < 0) return -1;
+        int32_t a = t->pairs[best].a, b = t->pairs[best].b;
         int32_t new = (int32_t)t->num_tokens;
         if (add_token(t, a, b)) return -1;
         merges[2 * *num_merges] = a;
         merges[2 * *num_merges + 1] = b;
         int32_t merge = (int32_t)(*num_merges)++;
-        t->made_len = 0;
-        if (merge_pair(t, top.pair, new, merge)) return -1;
+        if (merge_pair(t, best, new, merge)) return -1;
         for (size_t n = 0; n < t->made_len; n++) {
-            if (t->pairs[t->made[n]].count > 0 && heap_push(t, t->made[n])) return -1;
+            if (file_pair(t, t->made[n])) return -1;
         }
+        if (file_fresh(t)) return -1;
     }
     return 0;
 }
@@ -457,7 +544,7 @@ static PyObject *learn_merges(PyObject *Py_UNUSED(self), PyObject *args) {
     memset(&t, 0, sizeof t);
     int32_t *merges = NULL;
     PyObject *result = NULL;
-    if (init_tokens(&t) || rehash(&t, 1024)) {
+    if (init_tokens(&t)) {
         PyErr_NoMemory();
         goto done;
     }
@@ -469,12 +556,16 @@ static PyObject *learn_merges(PyObject *Py_UNUSED(self), PyObject *args) {
     size_t target = requested > 0 ? (size_t)requested : 0;
     if (target > t.num_positions) target = t.num_positions; /* more merges than positions cannot happen */
     merges = malloc((2 * target + 2) * sizeof(int32_t));
-    if (merges == NULL) {
+    t.made_left = malloc((256 + target) * sizeof(Made)); /* the tokens there can be */
+    t.made_right = malloc((256 + target) * sizeof(Made));
+    if (merges == NULL || t.made_left == NULL || t.made_right == NULL) {
         PyErr_NoMemory();
         goto done;
     }
+    memset(t.made_left, 0xff, (256 + target) * sizeof(Made)); /* merge -1: made by no merge */
+    memset(t.made_right, 0xff, (256 + target) * sizeof(Made));
     size_t done_merges = 0, reported = 0;
-    while (done_merges < target && t.heap_len) {
+    while (done_merges < target && (t.heap_len || t.parked_len)) {
         size_t stop = done_merges + PROGRESS_EVERY < target ? done_merges + PROGRESS_EVERY : target;
         int status;
         Py_BEGIN_ALLOW_THREADS
