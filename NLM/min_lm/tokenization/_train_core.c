@@ -35,8 +35,8 @@
 #include <string.h>
 
 #define PROGRESS_EVERY 1024   /* merges between calls of the progress callback */
-#define FLOOR 16             /* pairs seen at most this often wait outside the heap, see best_pair */
-#define PREFETCH 16           /* how far ahead a merge asks for the positions it will visit */
+#define FLOOR 16              /* pairs seen at most this often wait outside the heap, see best_pair */
+#define PREFETCH 16           /* how many entries ahead a merge asks for the positions it will visit */
 
 /* ---------------------------------------------------------------------------------------------- */
 /* Growable arrays                                                                                  */
@@ -459,7 +459,19 @@ static int merge_pair(Trainer *t, int32_t p, int32_t new, int32_t merge) {
     size_t most = 2 * t->num_tokens < 2 * found.len ? 2 * t->num_tokens : 2 * found.len;
     if (reserve(t, most, 2 * found.len)) return -1;
     for (size_t n = 0; n < found.len; n++) {
+        /* The occurrences lie all over a long word, each a cache miss. Asked for ahead, the misses
+         * overlap instead of following each other: the position PREFETCH entries on, and the
+         * neighbours of the one half-way there (its line has come by now). */
         if (n + PREFETCH < found.len) __builtin_prefetch(&t->at[t->where[found.start + n + PREFETCH]]);
+        if (n + PREFETCH / 2 < found.len) {
+            const Position *ahead = &t->at[t->where[found.start + n + PREFETCH / 2]];
+            if (ahead->pair == p) { /* not out of date: it has neighbours */
+                __builtin_prefetch(&t->at[ahead->next]);
+                if ((size_t)ahead->next + 3 < t->num_positions) /* where the token after next often is */
+                    __builtin_prefetch(&t->at[ahead->next + 3]);
+                if (ahead->prev >= 0) __builtin_prefetch(&t->at[ahead->prev]);
+            }
+        }
         int32_t i = t->where[found.start + n];
         if (t->at[i].pair != p) continue; /* moved away, or taken by the occurrence just merged */
         Position *here = &t->at[i];
