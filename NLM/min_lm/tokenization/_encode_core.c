@@ -515,9 +515,10 @@ static int check_ready(const Encoder *e)
 }
 
 /* ---------------------------------------------------------------------------------------------
- * The byte-pair merge: twin of `merge_with_heap` (tokenizer.py). Pure C, so it can run without
- * the GIL. The parts form a doubly linked list over byte positions; a heap of (rank, position)
- * candidates gives the next merge; stale candidates are skipped when popped.
+ * The byte-pair merge: the same result as `merge_by_rank` (tokenizer.py), which keeps a list of
+ * positions per rank; here a heap of (rank, position) candidates gives the next merge, which is as
+ * fast in C. Pure C, so it can run without the GIL. The parts form a doubly linked list over byte
+ * positions; stale candidates are skipped when popped.
  * ------------------------------------------------------------------------------------------- */
 
 typedef struct {
@@ -686,7 +687,7 @@ static PyObject *ids_take(const Encoder *e, IdBuffer *b)
 }
 
 /* Merge the bytes of one pre-token and append the resulting ids: twin of `BPETokenizer._merge`
- * (which calls `merge_with_heap` for long pre-tokens; in C the heap is as fast for short ones). */
+ * (which calls `merge_by_rank` for long pre-tokens; in C the heap is as fast for short ones). */
 static int merge_bytes(Encoder *e, const unsigned char *bytes, Py_ssize_t n, IdBuffer *out)
 {
     int32_t stack_ids[STACK_BYTES];
