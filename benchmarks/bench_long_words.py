@@ -40,10 +40,10 @@ from NLM.min_lm.tokenization.bpe_trainer import train_bpe
 from NLM.min_lm.tokenization.pretokenize import GPT2_SPLIT_PATTERN
 from NLM.min_lm.tokenization.tokenizer import (
     BPETokenizer,
+    merges_txt_text,
     read_merges_file,
     read_vocab_file,
-    write_merges_file,
-    write_vocab_file,
+    vocab_json_text,
 )
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_long_words.json"
@@ -76,8 +76,8 @@ def spaces_tokenizer_files(tmp: Path) -> tuple[Path, Path]:
     corpus = tmp / "stdlib.txt"
     corpus.write_text(stdlib_text(3_000_000)[0].replace(EOT, ""), encoding="utf-8")
     vocab, merges = train_bpe(corpus, 2048, [])
-    write_vocab_file(tmp / "vocab.json", vocab)
-    write_merges_file(tmp / "merges.txt", merges)
+    (tmp / "vocab.json").write_text(vocab_json_text(vocab), encoding="utf-8")
+    (tmp / "merges.txt").write_text(merges_txt_text(merges), encoding="utf-8")
     return tmp / "vocab.json", tmp / "merges.txt"
 
 
