@@ -356,7 +356,7 @@ def test_python_merge_does_linear_lookups_on_200_kb(python_gpt2, c_gpt2):
         ids = [tokenizer._byte_ids[b] for b in token]
         assert merge_by_rank(ids, ranks, tokenizer._merged_id) == expected
         # one lookup per initial pair, then two per merge (its two neighbours): O(n) lookups. Each
-        # merge lists at most two positions, and each list is sorted once: O(n log n) in all.
+        # merge lists at most two positions, each sorted when its rank comes up: O(n log n) in all.
         assert ranks.lookups <= 3 * len(token), ranks.lookups
 
 

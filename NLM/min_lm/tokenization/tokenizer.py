@@ -520,9 +520,9 @@ def merge_by_rank(
     - a listed position is checked against `ranks` when its turn comes: the pair there may have
       been merged, or have changed, since.
     Each merge lists at most two positions, so the lists hold fewer than 3n in all; each list is
-    sorted once. In Python this is 3x faster than a heap of (rank, position) entries, as it spends
-    no heap step on each merge. `rank_of` maps a pair of ids to its merge's rank and
-    `merged_id[rank]` is the merged id.
+    sorted when its rank comes up. In Python this is 3x faster than a heap of (rank, position)
+    entries, as it spends no heap step on each merge. `rank_of` maps a pair of ids to its merge's
+    rank and `merged_id[rank]` is the merged id.
     """
     ids = list(ids)
     n = len(ids)
